@@ -1,0 +1,189 @@
+"""The recipe: `params.yaml` validated into typed, frozen models.
+
+`params.yaml` is the only place hyper-parameters live. Dagster assets and DVC stages both read it through
+`load_recipe`; an unknown or mistyped key is an error that names the key (and the closest valid one).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Vec2 = tuple[float, float]
+Vec3 = tuple[float, float, float]
+Joint6 = tuple[float, float, float, float, float, float]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Section):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class ProjectConfig(_Section):
+    """Where artifacts live (relative to the project root) and where DVC pushes them."""
+
+    data_dir: str = "data"
+    models_dir: str = "models"
+    reports_dir: str = "reports"
+    dvc_remote: str = Field("../twinloop-dvc-store", description="path or URL of the default DVC remote; '' = none")
+
+
+class TableConfig(_Section):
+    size_xy: Vec2 = (0.6, 0.8)
+    center_xy: Vec2 = (0.2, 0.0)
+    thickness: Positive = 0.02
+    friction: Positive = 0.8
+
+
+class CubeConfig(_Section):
+    size: Annotated[float, Field(ge=0.02, le=0.03)] = 0.025  # the task asks for a 2-3 cm cube
+    mass: Positive = 0.015
+    friction: Positive = 1.5
+    torsional_friction: float = Field(0.02, ge=0)
+    spawn_x: Range = Range(low=0.16, high=0.24)
+    spawn_y: Range = Range(low=-0.08, high=0.08)
+    spawn_yaw_deg: Range = Range(low=-45.0, high=45.0)
+
+
+class BinConfig(_Section):
+    center_xy: Vec2 = (0.12, 0.17)
+    inner_size_xy: Vec2 = (0.09, 0.09)
+    wall_height: Positive = 0.03
+    wall_thickness: Positive = 0.004
+
+
+class ServoConfig(_Section):
+    """Position servos on the six joints (order: shoulder_pan … gripper). STS3215 stall torque is ~2.9 N·m."""
+
+    kp: Joint6 = (60.0, 60.0, 60.0, 30.0, 15.0, 10.0)
+    kv: Joint6 = (1.5, 1.5, 1.5, 0.8, 0.4, 0.3)
+    torque_limit_nm: Joint6 = (2.9, 2.9, 2.9, 2.9, 2.9, 1.5)
+    armature: float = Field(0.005, ge=0)
+    frictionloss: float = Field(0.01, ge=0)
+
+
+class FrontCameraConfig(_Section):
+    position: Vec3 = (0.55, 0.0, 0.38)
+    look_at: Vec3 = (0.17, 0.04, 0.0)
+    fovy_deg: Positive = 55.0
+
+
+class WristCameraConfig(_Section):
+    # isaaclab_so101's SO101_WRIST_CAMERA_CFG: offset in the gripper link, rolled -45° about its x axis.
+    offset_pos: Vec3 = (-0.005, 0.06, -0.062)
+    offset_roll_deg: float = -45.0
+    fovy_deg: Positive = 60.0
+
+
+class CamerasConfig(_Section):
+    width: Annotated[int, Field(ge=32, le=1920)] = 640
+    height: Annotated[int, Field(ge=32, le=1080)] = 480
+    front: FrontCameraConfig = FrontCameraConfig()
+    wrist: WristCameraConfig = WristCameraConfig()
+
+
+class WorkcellConfig(_Section):
+    """The simulated SO-101 workcell: the official robot USD, a table, a cube, a bin, two cameras."""
+
+    seed: int = 0
+    fps: Annotated[int, Field(ge=1, le=200)] = 30
+    physics_substeps: Annotated[int, Field(ge=1, le=100)] = 16
+    robot_base_yaw_deg: float = 0.0
+    episode_seconds: Positive = 12.0
+    table: TableConfig = TableConfig()
+    cube: CubeConfig = CubeConfig()
+    bin: BinConfig = BinConfig()
+    servo: ServoConfig = ServoConfig()
+    gripper_friction: Positive = 1.2
+    cameras: CamerasConfig = CamerasConfig()
+    visual_mesh_keep_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
+    # Collider parts split into convex pieces (CoACD) instead of one convex hull: the jaws, where grasps happen.
+    decompose_parts: tuple[str, ...] = ("wrist_roll_follower", "moving_jaw")
+    decompose_max_faces: Annotated[int, Field(ge=500)] = 4000
+    coacd_threshold: Annotated[float, Field(gt=0.01, le=1)] = 0.05
+
+
+class ExpertConfig(_Section):
+    """The scripted pick-and-place expert (IK on the MuJoCo model) and how it is evaluated."""
+
+    seed: int = 0
+    eval_episodes: Annotated[int, Field(ge=1)] = 20
+    min_success_rate: Annotated[float, Field(ge=0, le=1)] = 0.9
+    waypoint_noise_m: float = Field(0.002, ge=0)
+    action_noise_deg: float = Field(0.3, ge=0)
+    tcp_speed_m_s: Positive = 0.2
+    hover_height_m: Positive = 0.07
+    grasp_depth_m: float = 0.0  # TCP height above the cube centre when closing
+    release_height_m: Positive = 0.06
+
+
+class Recipe(_Section):
+    """The whole of params.yaml."""
+
+    project: ProjectConfig = ProjectConfig()
+    workcell: WorkcellConfig = WorkcellConfig()
+    expert: ExpertConfig = ExpertConfig()
+
+    def section_hash(self, section: str) -> str:
+        """md5 of one section's canonical JSON: changes exactly when that stage's recipe changes."""
+        payload = json.dumps(getattr(self, section).model_dump(mode="json"), sort_keys=True)
+        return hashlib.md5(payload.encode()).hexdigest()
+
+
+class RecipeError(ValueError):
+    """params.yaml is missing, unreadable, or holds an unknown / invalid key."""
+
+
+def load_recipe(path: str | Path = "params.yaml") -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: the top level must be a mapping of stage sections")
+    return parse_recipe(raw, source=str(path))
+
+
+def parse_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: " + "; ".join(_explain(err) for err in exc.errors())) from None
+
+
+def _explain(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        model = Recipe
+        for part in loc[:-1]:
+            field = model.model_fields.get(part)
+            model = field.annotation if field is not None else None
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                model = None
+                break
+        valid = sorted(model.model_fields) if model is not None else []
+        near = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else (f" (valid keys: {', '.join(valid)})" if valid else "")
+        return f"unknown key '{key}'{hint}"
+    return f"'{key}': {err['msg']}"
