@@ -37,11 +37,8 @@ class Range(_Section):
 
 
 class ProjectConfig(_Section):
-    """Where artifacts live (relative to the project root) and where DVC pushes them."""
+    """Where DVC pushes artifacts (a relative path resolves against the project root: outside the work tree)."""
 
-    data_dir: str = "data"
-    models_dir: str = "models"
-    reports_dir: str = "reports"
     dvc_remote: str = Field("../twinloop-dvc-store", description="path or URL of the default DVC remote; '' = none")
 
 
@@ -80,8 +77,8 @@ class ServoConfig(_Section):
 
 
 class FrontCameraConfig(_Section):
-    position: Vec3 = (0.55, 0.0, 0.38)
-    look_at: Vec3 = (0.17, 0.04, 0.0)
+    position: Vec3 = (0.62, 0.0, 0.45)
+    look_at: Vec3 = (0.12, 0.04, 0.06)
     fovy_deg: Positive = 55.0
 
 

@@ -1,0 +1,52 @@
+# Twinloop: `make demo` (set up + materialize every asset) and `make test` (set up + test suite) on a fresh machine.
+# A Python 3.12 is found on PATH or under pyenv; override with `make PYTHON=/path/to/python3.12 ...`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -n 1)
+VENV := .venv
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export MUJOCO_GL ?= egl
+export HF_HUB_OFFLINE ?= 1
+# Debian packages for headless rendering (Mesa EGL/OSMesa) and open3d's libusb.
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0
+
+.PHONY: setup system-deps demo test ui validate clean
+setup: $(VENV)/.synced system-deps $(DAGSTER_HOME)/dagster.yaml
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "error: no Python 3.12 found (PATH or pyenv); run: make PYTHON=/path/to/python3.12"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' || { echo "error: $(PYTHON) is not Python 3.12"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "uv==$(UV_VERSION)"
+
+# Re-sync whenever the lockfile changes; --locked refuses a lockfile that no longer matches pyproject.toml.
+$(VENV)/.synced: $(VENV)/bin/python uv.lock pyproject.toml
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra test --python $(VENV)/bin/python
+	@touch $@
+
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(DAGSTER_HOME)/dagster.yaml: resources/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp $< $@
+
+demo: setup
+	$(VENV)/bin/dagster asset materialize -m pipeline.definitions --select '*'
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+validate: setup
+	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+
+ui: setup
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}
+
+clean:
+	rm -rf $(VENV) $(DAGSTER_HOME)

@@ -1,0 +1,40 @@
+"""`twinloop` command line: the stages without Dagster (what `dvc repro` runs), and recipe checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.config import RecipeError, load_recipe
+
+STAGE_DIRS = {"sim_workcell": "models/workcell"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twinloop", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="the recipe (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-recipe", help="validate params.yaml and print its section hashes")
+    run = sub.add_parser("run", help="run one stage into its DVC-tracked folder (no Dagster, no DVC commit)")
+    run.add_argument("stage", choices=sorted(STAGE_DIRS))
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.params)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-recipe":
+        print(json.dumps({name: recipe.section_hash(name) for name in type(recipe).model_fields}, indent=2))
+        return 0
+    if args.stage == "sim_workcell":
+        from pipeline.workcell import build_sim_workcell
+
+        metrics = build_sim_workcell(recipe, Path(STAGE_DIRS["sim_workcell"]))
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Every DVC call of the project goes through this resource.
+
+DVC's repository lock does not survive concurrent writers, so the calls are serialized twice: assets that use this
+resource run in the Dagster pool `dvc` (limit 1, set in dagster.yaml) and, should two processes still meet, a file
+lock around each call.
+"""
+
+
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from filelock import FileLock
+
+from resources.paths import ProjectPaths
+
+DVC_POOL = "dvc"
+
+
+class DvcError(RuntimeError):
+    pass
+
+
+class DvcResource(dg.ConfigurableResource):
+    paths: dg.ResourceDependency[ProjectPaths]
+    push: bool = True  # push to the recipe's remote after each commit, when one is set
+
+    def _run(self, *args: str) -> str:
+        root = self.paths.root_path
+        with FileLock(str(root / ".dvc" / "tmp" / "twinloop.lock")):
+            proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DvcError(f"`dvc {' '.join(args)}` failed in {root}:\n{proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def ensure_remote(self) -> str | None:
+        """Point the default remote at the recipe's `project.dvc_remote` (kept in the untracked .dvc/config.local)."""
+        url = self.paths.recipe().project.dvc_remote
+        if not url:
+            return None
+        if "://" not in url and not Path(url).is_absolute():
+            url = str((self.paths.root_path / url).resolve())
+        self._run("remote", "add", "--local", "--force", "--default", "twinloop", url)
+        return url
+
+    def commit_stage(self, stage: str) -> str:
+        """Record a stage's outputs (cache + dvc.lock) after the asset wrote them; returns the output md5."""
+        self._run("commit", "--force", stage)
+        md5 = self.stage_out_md5(stage)
+        if self.push and self.ensure_remote():
+            self._run("push", stage)
+        return md5
+
+    def stage_out_md5(self, stage: str) -> str:
+        lock_path = self.paths.root_path / "dvc.lock"
+        if not lock_path.is_file():
+            raise DvcError(f"no dvc.lock in {self.paths.root_path}: stage {stage!r} was never committed")
+        lock = yaml.safe_load(lock_path.read_text()) or {}
+        try:
+            return lock["stages"][stage]["outs"][0]["md5"]
+        except (KeyError, IndexError) as exc:
+            raise DvcError(f"dvc.lock has no output md5 for stage {stage!r}") from exc

@@ -1,0 +1,20 @@
+"""The robot a policy is run on: the simulated workcell (default) or a real SO-101 follower via lerobot."""
+
+
+from typing import Literal
+
+import dagster as dg
+
+
+class RobotConnection(dg.ConfigurableResource):
+    kind: Literal["sim", "so101_follower"] = "sim"
+    port: str = ""  # serial port of a real follower, e.g. /dev/ttyACM0
+    robot_id: str = "twinloop_follower"  # lerobot calibration id
+    max_relative_target: float = 10.0  # lerobot's per-step clamp, always on for real arms
+
+    def describe(self) -> str:
+        if self.kind == "sim":
+            return "simulated SO-101 workcell (MuJoCo, compiled from the official USD)"
+        if not self.port:
+            raise ValueError("robot.kind is so101_follower but robot.port is empty: set the follower's serial port")
+        return f"real SO-101 follower on {self.port} (calibration id {self.robot_id})"

@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from pipeline.config import Recipe, RecipeError, load_recipe, parse_recipe
+from tests_helpers import ROOT
+
+
+def test_default_params_file_is_valid_and_complete():
+    recipe = load_recipe(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw) == set(Recipe.model_fields)  # every section is spelled out in the file
+    assert recipe.workcell.cube.size == raw["workcell"]["cube"]["size"]
+
+
+def test_unknown_top_level_section_is_named():
+    with pytest.raises(RecipeError, match=r"unknown key 'workcel'.*did you mean 'workcell'"):
+        parse_recipe({"workcel": {}})
+
+
+def test_mistyped_nested_key_is_named_with_suggestion():
+    with pytest.raises(RecipeError, match=r"unknown key 'workcell\.cube\.sise'.*did you mean 'size'"):
+        parse_recipe({"workcell": {"cube": {"sise": 0.025}}})
+
+
+def test_wrong_value_is_named():
+    with pytest.raises(RecipeError, match=r"'expert\.eval_episodes'"):
+        parse_recipe({"expert": {"eval_episodes": "many"}})
+    with pytest.raises(RecipeError, match=r"'workcell\.cube\.size'"):
+        parse_recipe({"workcell": {"cube": {"size": 0.2}}})  # not a 2-3 cm cube
+    with pytest.raises(RecipeError, match="must not exceed"):
+        parse_recipe({"workcell": {"cube": {"spawn_x": {"low": 0.3, "high": 0.1}}}})
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("workcell: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_section_hash_tracks_only_its_section():
+    base = parse_recipe({})
+    changed = parse_recipe({"expert": {"seed": 7}})
+    assert base.section_hash("expert") != changed.section_hash("expert")
+    assert base.section_hash("workcell") == changed.section_hash("workcell")
