@@ -7,6 +7,7 @@ lock around each call.
 
 
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -28,8 +29,13 @@ class DvcResource(dg.ConfigurableResource):
 
     def _run(self, *args: str) -> str:
         root = self.paths.root_path
-        with FileLock(str(root / ".dvc" / "tmp" / "twinloop.lock")):
-            proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+        if not (root / ".dvc").is_dir():
+            raise DvcError(f"{root} is not a DVC repository (no .dvc/): run `dvc init` there first")
+        lock_dir = root / ".dvc" / "tmp"  # git-ignored, so absent in a fresh clone
+        lock_dir.mkdir(exist_ok=True)
+        with FileLock(str(lock_dir / "twinloop.lock")):
+            # the venv's own dvc, whether or not the venv is on PATH
+            proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:
             raise DvcError(f"`dvc {' '.join(args)}` failed in {root}:\n{proc.stdout}{proc.stderr}")
         return proc.stdout
