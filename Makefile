@@ -1,7 +1,7 @@
 # Twinloop: `make demo` (set up + materialize every asset) and `make test` (set up + test suite) on a fresh machine.
-# A Python 3.12 is found on PATH or under pyenv; override with `make PYTHON=/path/to/python3.12 ...`.
+# A working Python 3.12 is found on PATH or under pyenv (each candidate is run, so pyenv shims that refuse are skipped); override with `make PYTHON=/path/to/python3.12 ...`.
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -n 1)
+PYTHON ?= $(shell for p in python3.12 $$(ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V -r) /usr/local/bin/python3.12 /usr/bin/python3.12; do $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 VENV := .venv
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
