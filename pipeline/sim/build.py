@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from isaaclab_so101.constants import TCP_OFFSET
 
 from pipeline.config import WorkcellConfig
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS
+from pipeline.sim.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS
 
 ROBOT_PREFIX = "_so101_new_calib_"  # Newton mangles USD prim paths into MJCF names
 ROBOT_BODIES = ("base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "jaw")
@@ -180,9 +180,6 @@ def compile_workcell(cfg: WorkcellConfig, out_dir: Path, *, progress=None) -> Pa
         say("converting the Newton scene to MuJoCo")
         newton.solvers.SolverMuJoCo(model, use_mujoco_cpu=True, save_to_mjcf=str(raw_xml),
                                     skip_visual_only_geoms=False)
-        if os.environ.get("TWINLOOP_KEEP_NEWTON_EXPORT"):  # debugging aid: keep Newton's raw MJCF
-            raw_xml.rename(os.environ["TWINLOOP_KEEP_NEWTON_EXPORT"])
-            raw_xml = Path(os.environ["TWINLOOP_KEEP_NEWTON_EXPORT"])
         spec = mujoco.MjSpec.from_file(str(raw_xml))
     say("decimating visual meshes, adding servos, cameras and lights")
     _finish_spec(spec, cfg, out_dir)
@@ -235,11 +232,8 @@ def _finish_spec(spec, cfg: WorkcellConfig, out_dir: Path) -> None:
             joint.frictionloss = cfg.servo.frictionloss
     _name_actuators(spec, cfg)
     _style_geoms(spec, cfg, out_dir)
-    gripper = spec.body("gripper")
-    tcp = gripper.add_site()
+    tcp = spec.body("gripper").add_site()
     tcp.name = "tcp"
-    from isaaclab_so101.constants import TCP_OFFSET
-
     tcp.pos = list(TCP_OFFSET)
     tcp.size = [0.004, 0, 0]
     tcp.rgba = [1, 0, 0, 0.0]
@@ -265,8 +259,6 @@ def _name_actuators(spec, cfg: WorkcellConfig) -> None:
                 act.biasprm[1] = -kp[i]
                 act.biasprm[2] = -kv[i]
                 act.ctrllimited = 1
-                from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD
-
                 act.ctrlrange = [LIMITS_LO_RAD[i], LIMITS_HI_RAD[i]]
     names = {a.name for a in spec.actuators}
     missing = set(LEROBOT_JOINT_NAMES) - names
@@ -286,7 +278,7 @@ def _style_geoms(spec, cfg: WorkcellConfig, out_dir: Path) -> None:
         old.unlink()
     meshes = {m.name: m for m in spec.meshes}
     renamed: dict[str, str] = {}
-    for i, geom in enumerate(spec.geoms):
+    for geom in spec.geoms:
         name = geom.name or ""
         if geom.type != mujoco.mjtGeom.mjGEOM_MESH:
             _style_primitive(geom, name, cfg)
@@ -393,5 +385,3 @@ def _add_lights_and_floor(spec) -> None:
     floor.conaffinity = 0
     floor.group = 1
 
-
-os.environ.setdefault("MUJOCO_GL", "egl")

@@ -15,7 +15,7 @@ import mujoco
 import numpy as np
 
 from pipeline.config import ExpertConfig
-from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, sim_to_lerobot
+from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, sim_to_lerobot
 from pipeline.sim.workcell import Workcell
 
 GRIPPER_OPEN = 70.0  # so101_follower gripper units (0 = closed, 100 = open)
@@ -40,8 +40,8 @@ class ScriptedExpert:
         self.rng = np.random.default_rng(seed)
         self._ik_data = mujoco.MjData(workcell.model)
         self._site = workcell.model.site("tcp").id
-        self._dofs = workcell._dadr[:5]
-        self._qadr = workcell._qadr
+        self._arm_dofs = workcell.joint_dof_index[:5]  # IK moves the five arm joints; the gripper is commanded
+        self._qpos_index = workcell.joint_qpos_index
         self._segments: list[tuple[np.ndarray, np.ndarray, float, float, float, float]] = []
 
     # --- planning --------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ class ScriptedExpert:
         """Waypoints for the cube where it lies now. Call after `Workcell.reset`."""
         cfg, wc = self.cfg, self.wc
         cube = wc.cube_position()
-        cube_yaw = _yaw_of(wc.data.qpos[wc._cube_q + 3:wc._cube_q + 7])
+        cube_yaw = _yaw_of(wc.cube_quat())
         yaw = self._grasp_yaw(cube, cube_yaw)
         along = np.array([math.cos(yaw), math.sin(yaw), 0.0])
         noise = lambda: self.rng.normal(0.0, cfg.waypoint_noise_m, 3)  # noqa: E731
@@ -122,7 +122,7 @@ class ScriptedExpert:
         jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
         err_norm = math.inf
         for _ in range(iters):
-            d.qpos[self._qadr] = q
+            d.qpos[self._qpos_index] = q
             mujoco.mj_kinematics(m, d)
             mujoco.mj_comPos(m, d)
             pos = d.site_xpos[self._site]
@@ -134,7 +134,7 @@ class ScriptedExpert:
             if err_norm < 2e-4 and np.linalg.norm(e_rot) < 1e-2:
                 break
             mujoco.mj_jacSite(m, d, jacp, jacr, self._site)
-            jac = np.vstack([jacp[:, self._dofs], 0.05 * jacr[:, self._dofs]])
+            jac = np.vstack([jacp[:, self._arm_dofs], 0.05 * jacr[:, self._arm_dofs]])
             dq = jac.T @ np.linalg.solve(jac @ jac.T + 1e-5 * np.eye(6), err)
             q[:5] = np.clip(q[:5] + np.clip(dq, -0.2, 0.2), LIMITS_LO_RAD[:5], LIMITS_HI_RAD[:5])
         return q, err_norm
@@ -167,5 +167,3 @@ def run_expert_episode(workcell: Workcell, cfg: ExpertConfig, seed: int, on_step
         workcell.step(action)
     return EpisodeResult(seed, workcell.cube_in_bin(), workcell.time_step, tuple(workcell.cube_position().round(4)))
 
-
-__all__ = ["ScriptedExpert", "run_expert_episode", "EpisodeResult", "SIM_JOINTS"]

@@ -42,8 +42,9 @@ class Workcell:
         self.data = mujoco.MjData(self.model)
         self.n_substeps = cfg.physics_substeps
         self.control_dt = 1.0 / cfg.fps
-        self._qadr = np.array([self.model.joint(n).qposadr[0] for n in SIM_JOINTS])
-        self._dadr = np.array([self.model.joint(n).dofadr[0] for n in SIM_JOINTS])
+        #: qpos / qvel indices of the six SO-101 joints, in SIM_JOINTS order
+        self.joint_qpos_index = np.array([self.model.joint(n).qposadr[0] for n in SIM_JOINTS])
+        self.joint_dof_index = np.array([self.model.joint(n).dofadr[0] for n in SIM_JOINTS])
         self._act = np.array([self.model.actuator(n).id for n in LEROBOT_JOINT_NAMES])
         cube_joint = self.model.joint("cube_free_joint")
         self._cube_q = cube_joint.qposadr[0]
@@ -67,7 +68,7 @@ class Workcell:
         rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
         home = np.array([HOME_JOINT_POS[n] for n in SIM_JOINTS])
-        self.data.qpos[self._qadr] = home
+        self.data.qpos[self.joint_qpos_index] = home
         self.data.ctrl[self._act] = home
         pose = self.sample_cube_pose(rng)
         half = self.cfg.cube.size / 2
@@ -88,7 +89,7 @@ class Workcell:
     # --- readings --------------------------------------------------------------------------------------------
     def joint_positions(self) -> np.ndarray:
         """Measured joint angles, simulator radians."""
-        return self.data.qpos[self._qadr].copy()
+        return self.data.qpos[self.joint_qpos_index].copy()
 
     def state(self) -> np.ndarray:
         """`observation.state` in so101_follower units (float32)."""
@@ -96,6 +97,10 @@ class Workcell:
 
     def cube_position(self) -> np.ndarray:
         return self.data.qpos[self._cube_q:self._cube_q + 3].copy()
+
+    def cube_quat(self) -> np.ndarray:
+        """Cube orientation (w, x, y, z)."""
+        return self.data.qpos[self._cube_q + 3:self._cube_q + 7].copy()
 
     def cube_speed(self) -> float:
         return float(np.linalg.norm(self.data.qvel[self._cube_v:self._cube_v + 3]))
