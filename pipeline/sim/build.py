@@ -119,9 +119,22 @@ def _simplify(points: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np
     return np.asarray(tm.vertices), np.asarray(tm.faces)
 
 
-def build_newton_model(cfg: WorkcellConfig, device: str = "cpu", progress=None):
-    """The workcell as a Newton model: official SO-101 USD + table + bin + free cube. Used for the MJCF export
-    here and, on CUDA, for MJWarp stepping of the same scene."""
+def build_newton_model(cfg: WorkcellConfig, device: str = "cpu", worlds: int = 1, progress=None):
+    """The workcell as a Newton model, `worlds` independent copies of it. Used for the MJCF export here and, on CUDA,
+    for batched MJWarp stepping of the same scene (see bench/newton_workcell.py)."""
+    import newton
+
+    single = build_newton_builder(cfg, progress)
+    if worlds == 1:
+        return single.finalize(device=device)
+    batched = newton.ModelBuilder()
+    newton.solvers.SolverMuJoCo.register_custom_attributes(batched)
+    batched.replicate(single, worlds)
+    return batched.finalize(device=device)
+
+
+def build_newton_builder(cfg: WorkcellConfig, progress=None):
+    """One workcell in a Newton `ModelBuilder`: official SO-101 USD + table + bin + free cube."""
     import newton
     import warp as wp
 
@@ -162,7 +175,7 @@ def build_newton_model(cfg: WorkcellConfig, device: str = "cpu", progress=None):
     density = c.mass / c.size**3
     builder.add_shape_box(body=cube, hx=half, hy=half, hz=half,
                           cfg=newton.ModelBuilder.ShapeConfig(mu=c.friction, density=density), label="cube_geom")
-    return builder.finalize(device=device)
+    return builder
 
 
 def compile_workcell(cfg: WorkcellConfig, out_dir: Path, *, progress=None) -> Path:
