@@ -53,11 +53,18 @@ def expert_solves_task(paths: ProjectPaths) -> dg.AssetCheckResult:
     )
 
 
-def _image_md(path) -> str:
+def _image_md(path, width: int = 640) -> str:
+    """An inline image for the Dagster UI, downscaled so the event log stays small."""
     import base64
+    import io
 
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"![preview](data:image/png;base64,{data})"
+    from PIL import Image
+
+    image = Image.open(path)
+    image.thumbnail((width, width * image.height // image.width))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return f"![preview](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 ASSETS = [sim_workcell]

@@ -9,6 +9,7 @@ Framework-free: a recipe and an output folder in, files and metrics out. Writes 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def evaluate_expert(xml_path: Path, recipe: Recipe, episodes: int | None = None,
         "expert_episodes": n,
         "expert_successes": wins,
         "expert_success_rate": wins / n,
-        "expert_success_ci95": [round(low, 4), round(high, 4)],
+        "expert_success_ci95": [round(float(low), 4), round(float(high), 4)],
         "expert_failed_seeds": [r.seed for r in results if not r.success],
         "expert_mean_episode_s": float(np.mean([r.steps for r in results])) / recipe.workcell.fps,
     }
@@ -73,18 +74,32 @@ def render_preview(xml_path: Path, recipe: Recipe, out_png: Path, seeds=(0, 1, 2
 
 
 def build_sim_workcell(recipe: Recipe, out_dir: Path, log=print) -> dict:
-    """Compile, preview and evaluate. Returns the metrics (also written to metrics.json)."""
+    """Compile, preview and evaluate. Returns the metrics (also written to metrics.json).
+
+    Everything is built in a sibling `.partial` folder that replaces `out_dir` only once complete, so a failed or
+    interrupted build leaves the previous workcell intact."""
     from pipeline.sim.build import compile_workcell
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
-    xml_path = compile_workcell(recipe.workcell, out_dir, progress=log)
+    xml_path = compile_workcell(recipe.workcell, staging, progress=log)
     build_s = time.perf_counter() - t0
     log("rendering camera previews")
-    render_preview(xml_path, recipe, out_dir / "preview.png")
+    render_preview(xml_path, recipe, staging / "preview.png")
     log(f"evaluating the scripted expert on {recipe.expert.eval_episodes} seeded cube poses")
     metrics = {"build_seconds": round(build_s, 1), **evaluate_expert(xml_path, recipe)}
     metrics["expert_min_success_rate"] = recipe.expert.min_success_rate
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _replace_dir(staging, out_dir)
     return metrics
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

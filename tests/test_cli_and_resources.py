@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests_helpers import ROOT
+
+
+def _twinloop(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_check_recipe_prints_section_hashes():
+    proc = _twinloop("check-recipe")
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)) == {"project", "workcell", "expert"}
+
+
+def test_check_recipe_refuses_a_bad_key_by_name(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("expert:\n  eval_episode: 3\n")
+    proc = _twinloop("--params", str(bad), "check-recipe")
+    assert proc.returncode == 2
+    assert "unknown key 'expert.eval_episode'" in proc.stderr and "eval_episodes" in proc.stderr
+
+
+def test_compute_device_cpu_never_touches_torch():
+    from resources import ComputeDevice
+
+    assert ComputeDevice(device="cpu").resolve() == "cpu"
+
+
+def test_compute_device_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    from resources import ComputeDevice
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert ComputeDevice().resolve() == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        ComputeDevice(device="cuda").resolve()
+
+
+def test_real_robot_needs_a_port():
+    from resources import RobotConnection
+
+    assert "simulated" in RobotConnection().describe()
+    with pytest.raises(ValueError, match="robot.port is empty"):
+        RobotConnection(kind="so101_follower").describe()
+    assert "/dev/ttyACM0" in RobotConnection(kind="so101_follower", port="/dev/ttyACM0").describe()
+
+
+def test_failed_workcell_build_keeps_the_previous_one(tmp_path, monkeypatch, recipe):
+    import pipeline.sim.build as build
+    from pipeline.workcell import build_sim_workcell
+
+    out = tmp_path / "workcell"
+    out.mkdir()
+    (out / "workcell.xml").write_text("<mujoco/>")
+
+    def broken_compile(cfg, out_dir, progress=None):
+        out_dir.mkdir(parents=True)
+        (out_dir / "workcell.xml").write_text("half-written")
+        raise RuntimeError("simulated crash mid-build")
+
+    monkeypatch.setattr(build, "compile_workcell", broken_compile)
+    with pytest.raises(RuntimeError, match="mid-build"):
+        build_sim_workcell(recipe, out, log=lambda msg: None)
+    assert (out / "workcell.xml").read_text() == "<mujoco/>"
