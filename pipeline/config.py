@@ -126,6 +126,7 @@ class ExpertConfig(_Section):
     waypoint_noise_m: float = Field(0.002, ge=0)
     action_noise_deg: float = Field(0.3, ge=0)
     tcp_speed_m_s: Positive = 0.2
+    tcp_turn_rad_s: Positive = 1.5  # how fast the jaws may re-orient (home pose -> pointing down)
     hover_height_m: Positive = 0.07
     grasp_depth_m: float = 0.0  # TCP height above the cube centre when closing
     release_height_m: Positive = 0.06

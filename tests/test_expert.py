@@ -12,3 +12,18 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(18, 20)
     assert abs(low - 0.699) < 1e-3 and abs(high - 0.972) < 1e-3
     assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_expert_actions_are_smooth_and_in_range(workcell, recipe):
+    """Demos must not twitch: no arm joint jumps more than 10 so101 units (~10°) between two 30 Hz steps."""
+    import numpy as np
+
+    from pipeline.sim.expert import run_expert_episode
+
+    actions = []
+    result = run_expert_episode(workcell, recipe.expert, seed=5, on_step=actions.append)
+    actions = np.array(actions)
+    assert result.success
+    assert np.abs(np.diff(actions[:, :5], axis=0)).max() < 10.0
+    assert actions[:, :5].min() >= -100 and actions[:, :5].max() <= 100
+    assert actions[:, 5].min() >= 0 and actions[:, 5].max() <= 100
