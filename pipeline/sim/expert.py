@@ -131,6 +131,7 @@ class ScriptedExpert:
         self._q, _ = self._ik(seg.start + s * (seg.end - seg.start), seg.rotations(s).as_matrix(), self._q)
         executed = self._q.copy()  # a human's hand is not exact either: noise on the arm joints
         executed[:5] += self.rng.normal(0.0, math.radians(self.cfg.action_noise_deg), 5)
+        executed[:5] = np.clip(executed[:5], LIMITS_LO_RAD[:5], LIMITS_HI_RAD[:5])  # a real arm stops at its limits
         action = sim_to_lerobot(executed)
         action[5] = seg.gripper_start + s * (seg.gripper_end - seg.gripper_start)
         return action.astype(np.float32)
