@@ -129,6 +129,9 @@ class ExpertConfig(_Section):
     tcp_turn_rad_s: Positive = 1.5  # how fast the jaws may re-orient (home pose -> pointing down)
     hover_height_m: Positive = 0.07
     grasp_depth_m: float = 0.0  # TCP height above the cube centre when closing
+    # The fixed jaw does not move: close with the cube centre this far from the TCP along the jaw-closing axis, so
+    # the moving jaw pushes the cube against the fixed one (measured best of 0.010/0.012/0.014 over 60 seeds).
+    grasp_offset_m: float = 0.010
     release_height_m: Positive = 0.06
 
 

@@ -22,9 +22,6 @@ from pipeline.sim.workcell import Workcell
 
 GRIPPER_OPEN = 70.0  # so101_follower gripper units (0 = closed, 100 = open)
 GRIPPER_CLOSED = 0.0
-# The fixed jaw does not move: close on the cube with its centre this far from the TCP (gripper x axis, metres)
-# so the moving jaw pushes the cube against the fixed one without the fixed jaw landing on the cube.
-GRASP_OFFSET_X = 0.012
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class ScriptedExpert:
         yaw = self._grasp_yaw(cube, _yaw_of(wc.cube_quat()))
         along = np.array([math.cos(yaw), math.sin(yaw), 0.0])
         noise = lambda: self.rng.normal(0.0, cfg.waypoint_noise_m, 3)  # noqa: E731
-        grasp = cube - GRASP_OFFSET_X * along + np.array([0, 0, cfg.grasp_depth_m]) + noise() * [1, 1, 0.3]
+        grasp = cube - cfg.grasp_offset_m * along + np.array([0, 0, cfg.grasp_depth_m]) + noise() * [1, 1, 0.3]
         hover = grasp + [0, 0, cfg.hover_height_m]
         b = wc.cfg.bin
         drop = np.array([b.center_xy[0], b.center_xy[1], b.wall_height + cfg.release_height_m]) + noise()
