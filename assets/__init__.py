@@ -1,6 +1,7 @@
 """Thin Dagster asset + check definitions; each calls one framework-free stage in `pipeline/`."""
 
-from assets import sim
+from assets import demos, sim
 
-ALL_ASSETS = [*sim.ASSETS]
-ALL_CHECKS = [*sim.CHECKS]
+ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS]
+ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS_DEFS]
+ALL_SENSORS = [*demos.SENSORS]

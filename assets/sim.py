@@ -33,7 +33,7 @@ def sim_workcell(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dv
             "expert_success_ci95": dg.MetadataValue.json(metrics["expert_success_ci95"]),
             "expert_episodes": metrics["expert_episodes"],
             "build_seconds": dg.MetadataValue.float(metrics["build_seconds"]),
-            "preview": dg.MetadataValue.md(_image_md(preview)),
+            "preview": dg.MetadataValue.md(image_md(preview)),
             "path": dg.MetadataValue.path(str(paths.artifact(WORKCELL_DIR))),
         },
     )
@@ -53,7 +53,7 @@ def expert_solves_task(paths: ProjectPaths) -> dg.AssetCheckResult:
     )
 
 
-def _image_md(path, width: int = 640) -> str:
+def image_md(path, width: int = 640) -> str:
     """An inline image for the Dagster UI, downscaled so the event log stays small."""
     import base64
     import io

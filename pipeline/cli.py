@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.config import RecipeError, load_recipe
 
-STAGE_DIRS = {"sim_workcell": "models/workcell"}
+STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "sim_workcell":
         from pipeline.workcell import build_sim_workcell
 
-        metrics = build_sim_workcell(recipe, Path(STAGE_DIRS["sim_workcell"]))
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(build_sim_workcell(recipe, Path(STAGE_DIRS["sim_workcell"])), indent=2))
+    elif args.stage == "demos":
+        from pipeline.demo_checks import DemoData, failures, run_checks
+        from pipeline.demos import build_demos
+
+        result = build_demos(recipe, Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml")
+        print(json.dumps(result, indent=2))
+        bad = failures(run_checks(DemoData.load(STAGE_DIRS["demos"]), recipe.demos.checks,
+                                  require_camera=not recipe.demos.state_only))
+        for outcome in bad:
+            print(f"check failed: {outcome.name}: {outcome.message}", file=sys.stderr)
+        return 1 if bad else 0
     return 0
 
 

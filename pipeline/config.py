@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -135,12 +135,36 @@ class ExpertConfig(_Section):
     release_height_m: Positive = 0.06
 
 
+class DemoChecksConfig(_Section):
+    """Thresholds of the `demos` quality checks (units: so101_follower joint units, frames)."""
+
+    min_episodes: Annotated[int, Field(ge=1)] = 5
+    timestamp_tolerance_s: Positive = 1e-3
+    idle_range_units: float = Field(3.0, ge=0)  # an episode whose arm actions never span more than this is idle
+    max_lag_frames: Annotated[int, Field(ge=0)] = 6  # state trailing the action by more frames than this: warn
+    duplicate_distance_units: float = Field(0.5, ge=0)  # mean |Δaction| between two episodes below this: warn
+
+
+class DemosConfig(_Section):
+    """Where the demonstrations come from and what they must satisfy."""
+
+    source: Literal["sim", "local", "hub"] = "sim"
+    local_path: str = ""  # source: local — a LeRobot v3.0 dataset folder
+    repo_id: str = ""  # source: hub — a Hugging Face dataset repo id (needs network)
+    state_only: bool = False  # accept a dataset without camera videos, keeping state/action only
+    episodes: Annotated[int, Field(ge=1)] = 6  # source: sim — successful episodes to record
+    seed: int = 0
+    task: str = "Pick the red cube and place it in the blue bin"
+    checks: DemoChecksConfig = DemoChecksConfig()
+
+
 class Recipe(_Section):
     """The whole of params.yaml."""
 
     project: ProjectConfig = ProjectConfig()
     workcell: WorkcellConfig = WorkcellConfig()
     expert: ExpertConfig = ExpertConfig()
+    demos: DemosConfig = DemosConfig()
 
     def section_hash(self, section: str) -> str:
         """md5 of one section's canonical JSON: changes exactly when that stage's recipe changes."""

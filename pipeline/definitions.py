@@ -1,13 +1,14 @@
 """The Twinloop asset graph. Assets live in `assets/`, resources in `resources/`; nothing here imports torch.
 
-    sim:  sim_workcell
+    sim:   sim_workcell
+    data:  demos  (+ demos_inbox_sensor: new batches in data/inbox are screened and merged)
     (next: demos -> bc_policy ; scene_capture -> gaussian_splat -> collision_mesh -> usd_twin ;
            (bc_policy, usd_twin) -> rl_policy -> eval_report)
 """
 
 import dagster as dg
 
-from assets import ALL_ASSETS, ALL_CHECKS
+from assets import ALL_ASSETS, ALL_CHECKS, ALL_SENSORS
 from resources import default_resources
 
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, resources=default_resources())
+defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, sensors=ALL_SENSORS, resources=default_resources())

@@ -9,13 +9,13 @@ Framework-free: a recipe and an output folder in, files and metrics out. Writes 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.artifacts import replace_dir, staging_dir
 from pipeline.config import Recipe
 
 
@@ -81,8 +81,7 @@ def build_sim_workcell(recipe: Recipe, out_dir: Path, log=print) -> dict:
     from pipeline.sim.build import compile_workcell
 
     out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_dir(out_dir)
     t0 = time.perf_counter()
     xml_path = compile_workcell(recipe.workcell, staging, progress=log)
     build_s = time.perf_counter() - t0
@@ -92,14 +91,6 @@ def build_sim_workcell(recipe: Recipe, out_dir: Path, log=print) -> dict:
     metrics = {"build_seconds": round(build_s, 1), **evaluate_expert(xml_path, recipe)}
     metrics["expert_min_success_rate"] = recipe.expert.min_success_rate
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _replace_dir(staging, out_dir)
+    replace_dir(staging, out_dir)
     return metrics
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

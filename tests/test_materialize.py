@@ -11,14 +11,18 @@ import yaml
 from tests_helpers import ROOT
 
 
-@pytest.fixture
-def project(tmp_path):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
     """A throw-away copy of the project (git + DVC repo) with a small recipe, so the test never touches ./models."""
-    for name in ("dvc.yaml", ".dvcignore", "pipeline"):
+    tmp_path = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore", "pipeline", ".gitignore"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipe["expert"]["eval_episodes"] = 4
+    recipe["workcell"]["cameras"].update(width=64, height=48)
+    recipe["demos"].update(episodes=2)
+    recipe["demos"]["checks"]["min_episodes"] = 2
     recipe["project"]["dvc_remote"] = str(tmp_path / "remote")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(recipe))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -47,6 +51,37 @@ def test_materialize_commits_to_dvc_and_sets_data_version(project):
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "sim_workcell"], cwd=project,
                             capture_output=True, text=True, check=True)
     assert "changed outs" not in status.stdout
+
+
+def test_demos_asset_checks_and_inbox_sensor(project):
+    """Runs after the workcell test above (same project): record demos, then feed the inbox a bad batch."""
+    from assets.demos import demos, demos_inbox_sensor, demos_quality
+    from resources import default_resources
+
+    resources = default_resources(str(project))
+    result = dg.materialize([demos, demos_quality], resources=resources)
+    assert result.success
+    mat = result.asset_materializations_for_node("demos")[0]
+    assert mat.metadata["episodes"].value == 2
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert mat.tags["dagster/data_version"] == lock["stages"]["demos"]["outs"][0]["md5"]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert len(checks) == 9 and all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
+
+    inbox = project / "data" / "inbox"
+    shutil.copytree(project / "data" / "demos", inbox / "batch-001")
+    next((inbox / "batch-001" / "data").rglob("*.parquet")).unlink()  # unreadable batch
+    with dg.build_sensor_context(resources=resources) as context:
+        requests = list(demos_inbox_sensor(context))
+    assert len(requests) == 1 and requests[0].asset_selection == [demos.key]
+    before = lock["stages"]["demos"]["outs"][0]["md5"]
+    bad = dg.materialize([demos], resources=resources, run_config=requests[0].run_config, raise_on_error=False)
+    assert not bad.success
+    assert (inbox / "rejected" / "batch-001" / "REJECTED.txt").is_file()
+    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["demos"]["outs"][0]["md5"] == before
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "demos"], cwd=project,
+                            capture_output=True, text=True, check=True)
+    assert "changed outs" not in status.stdout  # data/demos untouched
 
 
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):

@@ -12,13 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-from pipeline.config import WorkcellConfig  # noqa: E402
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot  # noqa: E402
+from pipeline.config import WorkcellConfig
+from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot
 
 CAMERAS = ("front", "wrist")
 

@@ -1,0 +1,107 @@
+"""Group `data`: the demonstrations every policy learns from, their quality gate, and the inbox that grows them."""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from assets.sim import WORKCELL_DIR, image_md, sim_workcell
+from resources import DVC_POOL, DvcResource, ProjectPaths
+
+DEMOS_DIR = "data/demos"
+INBOX_DIR = "data/inbox"
+# (name, blocking) of every check in pipeline.demo_checks, in run order
+CHECKS = [("schema", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
+          ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False)]
+
+
+class DemosRunConfig(dg.Config):
+    inbox_batch: str = ""  # set by the inbox sensor: merge this batch into the demos instead of rebuilding them
+
+
+@dg.asset(
+    group_name="data",
+    pool=DVC_POOL,
+    deps=[sim_workcell],
+    kinds={"lerobot"},
+    description="LeRobot v3.0 SO-101 demonstrations (data/demos): recorded in the sim workcell, imported, or "
+    "downloaded per params.yaml `demos`; grown by the inbox sensor.",
+)
+def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: ProjectPaths,
+          dvc: DvcResource) -> dg.MaterializeResult:
+    from pipeline.demos import DemoInputError, build_demos, contact_sheet, summarize
+    from pipeline.inbox import BatchRejected, ingest_batch
+
+    recipe = paths.recipe()
+    root = paths.artifact(DEMOS_DIR)
+    try:
+        if config.inbox_batch:
+            result = ingest_batch(paths.artifact(INBOX_DIR), config.inbox_batch, root, recipe)
+        else:
+            result = build_demos(recipe, root, workcell_xml=paths.artifact(WORKCELL_DIR) / "workcell.xml")
+    except (DemoInputError, BatchRejected) as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    context.log.info(f"demos: {result}")
+    summary = summarize(root)
+    md5 = dvc.commit_stage("demos")
+    metadata = {
+        "dvc_md5": md5,
+        "recipe_hash": recipe.section_hash("demos"),
+        "episodes": summary["episodes"],
+        "frames": summary["frames"],
+        "fps": summary["fps"],
+        "tasks": dg.MetadataValue.json(summary["tasks"]),
+        "cameras": dg.MetadataValue.json(summary["cameras"]),
+        "action_range": dg.MetadataValue.json(summary["action_range"]),
+        "source": dg.MetadataValue.json(result),
+        "path": dg.MetadataValue.path(str(root)),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        sheet = contact_sheet(root, Path(tmp) / "sheet.png")
+        if sheet is not None:
+            metadata["contact_sheet"] = dg.MetadataValue.md(image_md(sheet, width=960))
+    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+
+
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(name, asset=demos, blocking=blocking) for name, blocking in CHECKS],
+    description="Blocking: schema, timing, finite values, joint limits, videos, episode count. Warnings: idle "
+    "episodes, state-action lag, near-duplicate episodes.",
+)
+def demos_quality(paths: ProjectPaths):
+    from pipeline.demo_checks import DemoData, run_checks
+
+    recipe = paths.recipe()
+    outcomes = {o.name: o for o in run_checks(DemoData.load(paths.artifact(DEMOS_DIR)), recipe.demos.checks,
+                                              require_camera=not recipe.demos.state_only)}
+    for name, blocking in CHECKS:
+        o = outcomes.get(name)
+        if o is None:  # not run: the schema failed first
+            yield dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.ERROR
+                                      if blocking else dg.AssetCheckSeverity.WARN, description="not run: schema failed")
+            continue
+        yield dg.AssetCheckResult(
+            check_name=name, passed=o.passed, description=o.message, metadata=o.details,
+            severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+        )
+
+
+@dg.sensor(asset_selection=[demos], minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="New LeRobot datasets in data/inbox/<batch>/ are screened and merged into the demos (or "
+           "quarantined in data/inbox/rejected/).")
+def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths):
+    from pipeline.inbox import pending_batches
+
+    inbox = paths.artifact(INBOX_DIR)
+    for name in pending_batches(inbox):
+        stamp = (inbox / name).lstat().st_mtime_ns
+        yield dg.RunRequest(
+            run_key=f"{name}:{stamp}",
+            asset_selection=[demos.key],
+            run_config=dg.RunConfig(ops={"demos": DemosRunConfig(inbox_batch=name)}),
+        )
+
+
+ASSETS = [demos]
+CHECKS_DEFS = [demos_quality]
+SENSORS = [demos_inbox_sensor]

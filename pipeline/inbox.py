@@ -1,0 +1,108 @@
+"""The demo inbox: new LeRobot datasets dropped into `data/inbox/<batch>/` are screened, then merged into
+`data/demos` or quarantined in `data/inbox/rejected/<batch>/` with a REJECTED.txt saying why.
+
+A batch is refused before it is read when it is (or contains) a symlink or resolves outside the inbox.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.config import Recipe
+from pipeline.demo_checks import DemoData, failures, run_checks
+from pipeline.demos import merge_into
+
+RESERVED = ("rejected", "accepted")
+
+
+class BatchRejected(RuntimeError):
+    """The batch was quarantined; the message holds the reasons."""
+
+
+def pending_batches(inbox: Path) -> list[str]:
+    inbox = Path(inbox)
+    if not inbox.is_dir():
+        return []
+    return sorted(p.name for p in inbox.iterdir()
+                  if p.name not in RESERVED and not p.name.startswith(".") and (p.is_dir() or p.is_symlink()))
+
+
+def path_problem(inbox: Path, name: str) -> str | None:
+    """Why `name` may not be read as a batch, or None."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name in RESERVED:
+        return f"batch name {name!r} is not a plain folder name inside the inbox"
+    batch = Path(inbox) / name
+    if batch.is_symlink():
+        return f"{name} is a symlink ({batch.readlink()}); copy the dataset into the inbox instead"
+    root = Path(inbox).resolve()
+    for path in [batch, *batch.rglob("*")]:
+        if path.is_symlink():
+            return f"{path.relative_to(inbox)} is a symlink; a batch must hold real files only"
+        if root not in path.resolve().parents:
+            return f"{path} resolves outside the inbox"
+    return None
+
+
+def ingest_batch(inbox: Path, name: str, demos_root: Path, recipe: Recipe) -> dict:
+    """Screen batch `name`; merge it into `demos_root` (lerobot's merge) or quarantine it and raise BatchRejected."""
+    inbox = Path(inbox)
+    reasons: list[str] = []
+    problem = path_problem(inbox, name)
+    if problem:
+        reasons.append(problem)
+    elif not (inbox / name).exists():
+        raise FileNotFoundError(f"no batch {name!r} in {inbox}")
+    else:
+        reasons += _content_problems(inbox / name, demos_root, recipe)
+    if reasons:
+        where = quarantine(inbox, name, reasons) if "/" not in name and name not in ("", ".", "..") else None
+        raise BatchRejected(f"batch {name!r} rejected" + (f" (moved to {where})" if where else "") + ": "
+                            + "; ".join(reasons))
+    before = DemoData.load(demos_root).meta.total_episodes
+    merge_into(demos_root, inbox / name)
+    accepted = inbox / "accepted" / _unique(inbox / "accepted", name)
+    accepted.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(inbox / name), accepted)
+    return {"batch": name, "episodes_before": before,
+            "episodes_after": DemoData.load(demos_root).meta.total_episodes}
+
+
+def _content_problems(batch: Path, demos_root: Path, recipe: Recipe) -> list[str]:
+    try:
+        data = DemoData.load(batch)
+    except Exception as exc:  # unreadable is a reason, not a crash
+        return [f"not a readable LeRobot dataset: {exc}"]
+    checks = recipe.demos.checks.model_copy(update={"min_episodes": 1})  # a batch may be small
+    reasons = [f"{o.name}: {o.message}" for o in failures(run_checks(data, checks,
+                                                                     require_camera=not recipe.demos.state_only))]
+    if not reasons and Path(demos_root, "meta", "info.json").is_file():
+        current = DemoData.load(demos_root)
+        if current.meta.fps != data.meta.fps:
+            reasons.append(f"fps {data.meta.fps} differs from data/demos ({current.meta.fps})")
+        for key in set(current.meta.features) | set(data.meta.features):
+            a, b = current.meta.features.get(key), data.meta.features.get(key)
+            if key in ("index", "episode_index", "frame_index", "timestamp", "task_index"):
+                continue
+            if a is None or b is None or a["dtype"] != b["dtype"] or tuple(a["shape"]) != tuple(b["shape"]):
+                reasons.append(f"feature '{key}' does not match data/demos ({b and b['shape']} vs {a and a['shape']})")
+    return reasons
+
+
+def quarantine(inbox: Path, name: str, reasons: list[str]) -> Path:
+    rejected = Path(inbox) / "rejected"
+    rejected.mkdir(parents=True, exist_ok=True)
+    dest = rejected / _unique(rejected, name)
+    source = Path(inbox) / name
+    if source.is_symlink():  # keep the link itself (never its target) inside a folder of its own
+        dest.mkdir()
+        shutil.move(str(source), dest / name)
+    else:
+        shutil.move(str(source), dest)
+    (dest / "REJECTED.txt").write_text(f"Rejected {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n" + "\n".join(f"- {r}" for r in reasons) + "\n")
+    return dest
+
+
+def _unique(folder: Path, name: str) -> str:
+    return name if not (folder / name).exists() else f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,188 @@
+"""The `demos` stage, its quality checks and the inbox, on small real datasets recorded from the sim workcell."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.demo_checks import DemoData, failures, run_checks
+from tests_helpers import ROOT
+
+REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
+
+
+@pytest.fixture(scope="session")
+def small_recipe(recipe):
+    """Tiny cameras and few episodes: a real recording in seconds, not minutes."""
+    cams = recipe.workcell.cameras.model_copy(update={"width": 64, "height": 48})
+    checks = recipe.demos.checks.model_copy(update={"min_episodes": 2})
+    return recipe.model_copy(update={
+        "workcell": recipe.workcell.model_copy(update={"cameras": cams}),
+        "demos": recipe.demos.model_copy(update={"episodes": 2, "checks": checks}),
+    })
+
+
+@pytest.fixture(scope="session")
+def recorded(small_recipe, workcell_xml, tmp_path_factory):
+    from pipeline.demos import build_demos
+
+    root = tmp_path_factory.mktemp("demos") / "demos"
+    result = build_demos(small_recipe, root, workcell_xml=workcell_xml)
+    assert result["recorded_episodes"] == 2
+    return root
+
+
+@pytest.fixture
+def copy_of(recorded, tmp_path):
+    def make(name="batch"):
+        dst = tmp_path / name
+        shutil.copytree(recorded, dst)
+        return dst
+    return make
+
+
+def _outcomes(root, recipe):
+    return {o.name: o for o in run_checks(DemoData.load(root), recipe.demos.checks)}
+
+
+def _edit_frames(root: Path, edit):
+    path = next((root / "data").rglob("*.parquet"))
+    frame = pd.read_parquet(path)
+    edit(frame)
+    frame.to_parquet(path)
+
+
+def test_recorded_dataset_opens_with_lerobot_and_passes_every_check(recorded, small_recipe):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("twinloop/demos", root=recorded)
+    assert ds.num_episodes == 2 and ds.fps == 30 and ds.meta.robot_type == "so101_follower"
+    assert set(ds.meta.video_keys) == {"observation.images.front", "observation.images.wrist"}
+    assert ds.meta.features["action"]["names"][0] == "shoulder_pan.pos"
+    item = ds[0]
+    assert item["observation.images.front"].shape == (3, 48, 64)
+    assert item["task"] == small_recipe.demos.task
+    outcomes = _outcomes(recorded, small_recipe)
+    assert all(o.passed for o in outcomes.values()), {k: o.message for k, o in outcomes.items() if not o.passed}
+
+
+def test_nan_action_is_caught(copy_of, small_recipe):
+    root = copy_of()
+
+    def poison(frame):
+        frame.at[5, "action"] = np.array([np.nan, 0, 0, 0, 0, 0], dtype=np.float32)
+    _edit_frames(root, poison)
+    o = _outcomes(root, small_recipe)["finite_values"]
+    assert not o.passed and "frame 5" in o.message and "shoulder_pan.pos" in o.message
+
+
+def test_out_of_limit_joint_is_caught(copy_of, small_recipe):
+    root = copy_of()
+
+    def push(frame):
+        a = np.array(frame.at[7, "action"], dtype=np.float32)
+        a[2] = 150.0
+        frame.at[7, "action"] = a
+    _edit_frames(root, push)
+    o = _outcomes(root, small_recipe)["joint_limits"]
+    assert not o.passed and "elbow_flex.pos" in o.message and "150" in o.message
+
+
+def test_wrong_fps_is_caught(copy_of, small_recipe):
+    root = copy_of()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["fps"] = 15
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    o = _outcomes(root, small_recipe)["timing"]
+    assert not o.passed and "15 fps" in o.message
+
+
+def test_deleted_video_is_caught(copy_of, small_recipe):
+    root = copy_of()
+    next((root / "videos" / "observation.images.wrist").rglob("*.mp4")).unlink()
+    o = _outcomes(root, small_recipe)["videos"]
+    assert not o.passed and "observation.images.wrist" in o.message and "missing" in o.message
+
+
+def test_missing_feature_is_caught(copy_of, small_recipe):
+    root = copy_of()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["features"]["observation.state"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    o = _outcomes(root, small_recipe)["schema"]
+    assert not o.passed and "'observation.state' is missing" in o.message
+
+
+def test_idle_episode_is_a_warning_not_a_block(copy_of, small_recipe):
+    root = copy_of()
+
+    def freeze(frame):  # episode 1: the arm holds still
+        still = frame[frame.episode_index == 1].index
+        first = np.array(frame.at[still[0], "action"])
+        for i in still:
+            frame.at[i, "action"] = first
+            frame.at[i, "observation.state"] = first
+    _edit_frames(root, freeze)
+    outcomes = _outcomes(root, small_recipe)
+    assert not outcomes["idle_episodes"].passed and "episode 1" in outcomes["idle_episodes"].message
+    assert not outcomes["idle_episodes"].blocking
+
+
+def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_recipe, tmp_path):
+    from pipeline.inbox import BatchRejected, ingest_batch, pending_batches
+
+    demos_root = tmp_path / "demos"
+    shutil.copytree(recorded, demos_root)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copytree(recorded, inbox / "good")
+    shutil.copytree(recorded, inbox / "bad")
+    next((inbox / "bad" / "videos").rglob("*.mp4")).unlink()
+    (inbox / "linked").symlink_to(recorded)
+    assert pending_batches(inbox) == ["bad", "good", "linked"]
+
+    before = sorted(p.relative_to(demos_root) for p in demos_root.rglob("*"))
+    for name, reason in (("bad", "missing"), ("linked", "symlink")):
+        with pytest.raises(BatchRejected, match=reason):
+            ingest_batch(inbox, name, demos_root, small_recipe)
+        assert (inbox / "rejected" / name / "REJECTED.txt").read_text().count(reason) >= 1
+        assert sorted(p.relative_to(demos_root) for p in demos_root.rglob("*")) == before  # demos untouched
+    assert recorded.is_dir() and any(recorded.rglob("*.mp4"))  # the symlink's target was not moved
+    with pytest.raises(BatchRejected, match="plain folder name"):
+        ingest_batch(inbox, "../demos", demos_root, small_recipe)
+
+    result = ingest_batch(inbox, "good", demos_root, small_recipe)
+    assert result["episodes_before"] == 2 and result["episodes_after"] == 4
+    assert (inbox / "accepted" / "good").is_dir() and pending_batches(inbox) == []
+    assert not failures(run_checks(DemoData.load(demos_root), small_recipe.demos.checks))
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared real SO-101 recording absent")
+def test_real_recording_missing_videos_refused_then_accepted_state_only(small_recipe, tmp_path):
+    from pipeline.demos import DemoInputError, build_demos
+
+    local = small_recipe.demos.model_copy(update={"source": "local", "local_path": str(REAL)})
+    with pytest.raises(DemoInputError, match=r"observation\.images\.front.*observation\.images\.top"):
+        build_demos(small_recipe.model_copy(update={"demos": local}), tmp_path / "demos")
+    assert not (tmp_path / "demos").exists()
+    state_only = local.model_copy(update={"state_only": True, "checks": local.checks.model_copy(
+        update={"min_episodes": 4})})
+    recipe = small_recipe.model_copy(update={"demos": state_only})
+    build_demos(recipe, tmp_path / "demos")
+    outcomes = run_checks(DemoData.load(tmp_path / "demos"), recipe.demos.checks, require_camera=False)
+    assert not failures(outcomes), [o.message for o in failures(outcomes)]
+    assert DemoData.load(tmp_path / "demos").meta.total_frames == 1492
+
+
+def test_hub_source_offline_is_a_clear_error(small_recipe, tmp_path, monkeypatch):
+    from pipeline.demos import DemoInputError, build_demos
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = small_recipe.demos.model_copy(update={"source": "hub", "repo_id": "someone/so101_pick"})
+    with pytest.raises(DemoInputError, match="HF_HUB_OFFLINE"):
+        build_demos(small_recipe.model_copy(update={"demos": hub}), tmp_path / "demos")
