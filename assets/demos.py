@@ -93,7 +93,7 @@ def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths)
     from pipeline.inbox import pending_batches
 
     inbox = paths.artifact(INBOX_DIR)
-    for name in pending_batches(inbox):
+    for name in pending_batches(inbox, settled_for_s=10):
         stamp = (inbox / name).lstat().st_mtime_ns
         yield dg.RunRequest(
             run_key=f"{name}:{stamp}",

@@ -21,17 +21,32 @@ class BatchRejected(RuntimeError):
     """The batch was quarantined; the message holds the reasons."""
 
 
-def pending_batches(inbox: Path) -> list[str]:
+def pending_batches(inbox: Path, settled_for_s: float = 0.0) -> list[str]:
+    """Batch folders waiting in the inbox; with `settled_for_s`, only those nothing was written to for that long
+    (a batch still being copied is not a bad batch)."""
     inbox = Path(inbox)
     if not inbox.is_dir():
         return []
-    return sorted(p.name for p in inbox.iterdir()
-                  if p.name not in RESERVED and not p.name.startswith(".") and (p.is_dir() or p.is_symlink()))
+    now = time.time()
+    names = []
+    for p in sorted(inbox.iterdir()):
+        if p.name in RESERVED or p.name.startswith(".") or not (p.is_dir() or p.is_symlink()):
+            continue
+        if settled_for_s and not p.is_symlink():
+            newest = max([f.lstat().st_mtime for f in p.rglob("*")] + [p.lstat().st_mtime])
+            if now - newest < settled_for_s:
+                continue
+        names.append(p.name)
+    return names
+
+
+def plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..", *RESERVED)
 
 
 def path_problem(inbox: Path, name: str) -> str | None:
     """Why `name` may not be read as a batch, or None."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name in RESERVED:
+    if not plain_name(name):
         return f"batch name {name!r} is not a plain folder name inside the inbox"
     batch = Path(inbox) / name
     if batch.is_symlink():
@@ -57,7 +72,7 @@ def ingest_batch(inbox: Path, name: str, demos_root: Path, recipe: Recipe) -> di
     else:
         reasons += _content_problems(inbox / name, demos_root, recipe)
     if reasons:
-        where = quarantine(inbox, name, reasons) if "/" not in name and name not in ("", ".", "..") else None
+        where = quarantine(inbox, name, reasons) if plain_name(name) else None  # never move what is not a batch
         raise BatchRejected(f"batch {name!r} rejected" + (f" (moved to {where})" if where else "") + ": "
                             + "; ".join(reasons))
     before = DemoData.load(demos_root).meta.total_episodes

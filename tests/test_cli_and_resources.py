@@ -14,7 +14,11 @@ def _twinloop(*args, cwd=ROOT):
 def test_check_recipe_prints_section_hashes():
     proc = _twinloop("check-recipe")
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)) == {"project", "workcell", "expert"}
+    from pipeline.config import Recipe
+
+    hashes = json.loads(proc.stdout)
+    assert set(hashes) == set(Recipe.model_fields) and {"workcell", "expert", "demos"} <= set(hashes)
+    assert all(len(h) == 32 for h in hashes.values())
 
 
 def test_check_recipe_refuses_a_bad_key_by_name(tmp_path):

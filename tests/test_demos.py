@@ -153,8 +153,11 @@ def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_rec
         assert (inbox / "rejected" / name / "REJECTED.txt").read_text().count(reason) >= 1
         assert sorted(p.relative_to(demos_root) for p in demos_root.rglob("*")) == before  # demos untouched
     assert recorded.is_dir() and any(recorded.rglob("*.mp4"))  # the symlink's target was not moved
-    with pytest.raises(BatchRejected, match="plain folder name"):
-        ingest_batch(inbox, "../demos", demos_root, small_recipe)
+    for name in ("../demos", "rejected"):
+        with pytest.raises(BatchRejected, match="plain folder name"):
+            ingest_batch(inbox, name, demos_root, small_recipe)
+    assert (inbox / "rejected" / "bad").is_dir()  # refusing a name moved nothing
+    assert pending_batches(inbox, settled_for_s=3600) == []  # just written: not settled yet
 
     result = ingest_batch(inbox, "good", demos_root, small_recipe)
     assert result["episodes_before"] == 2 and result["episodes_after"] == 4

@@ -1,8 +1,10 @@
 """The `sim_workcell` asset end to end: Dagster materialization -> stage -> DVC commit -> data version."""
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import dagster as dg
 import pytest
@@ -71,6 +73,9 @@ def test_demos_asset_checks_and_inbox_sensor(project):
     inbox = project / "data" / "inbox"
     shutil.copytree(project / "data" / "demos", inbox / "batch-001")
     next((inbox / "batch-001" / "data").rglob("*.parquet")).unlink()  # unreadable batch
+    old = time.time() - 60  # copied a minute ago: settled
+    for path in [inbox / "batch-001", *(inbox / "batch-001").rglob("*")]:
+        os.utime(path, (old, old), follow_symlinks=False)
     with dg.build_sensor_context(resources=resources) as context:
         requests = list(demos_inbox_sensor(context))
     assert len(requests) == 1 and requests[0].asset_selection == [demos.key]
