@@ -58,6 +58,22 @@ class DemoData:
     def joints(self, group, key: str) -> np.ndarray:
         return np.stack(group[key].to_numpy()).astype(np.float64)
 
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k in self.camera_keys if self.meta.features[k]["dtype"] == "video"]
+
+    def video_path(self, episode: int, key: str) -> Path:
+        return self.root / self.meta.get_video_file_path(episode, key)
+
+    def missing_videos(self) -> dict[str, list[int]]:
+        """Camera key -> episodes whose declared video file is absent."""
+        missing: dict[str, list[int]] = {}
+        for key in self.video_keys:
+            for ep in range(self.meta.total_episodes):
+                if not self.video_path(ep, key).is_file():
+                    missing.setdefault(key, []).append(ep)
+        return missing
+
 
 def run_checks(data: DemoData, cfg: DemoChecksConfig, *, require_camera: bool = True) -> list[CheckOutcome]:
     blocking = [
@@ -147,14 +163,14 @@ def check_videos(data: DemoData) -> CheckOutcome:
     """Every declared video file exists and decodes at the first and last frame of every episode."""
     from lerobot.datasets.video_utils import decode_video_frames
 
-    problems: list[str] = []
-    video_keys = [k for k in data.camera_keys if data.meta.features[k]["dtype"] == "video"]
-    for key in video_keys:
+    missing = data.missing_videos()
+    problems = [f"episode {ep}: video '{key}' missing ({data.video_path(ep, key).relative_to(data.root)})"
+                for key, episodes in missing.items() for ep in episodes]
+    for key in data.video_keys:
         for ep, g in data.episodes():
-            path = data.root / data.meta.get_video_file_path(ep, key)
-            if not path.is_file():
-                problems.append(f"episode {ep}: video '{key}' missing ({path.relative_to(data.root)})")
+            if ep in missing.get(key, []):
                 continue
+            path = data.video_path(ep, key)
             start = float(data.meta.episodes[ep][f"videos/{key}/from_timestamp"])
             last = start + float(g["timestamp"].iloc[-1])
             try:
@@ -163,9 +179,8 @@ def check_videos(data: DemoData) -> CheckOutcome:
                     raise ValueError(f"decoded {frames.shape[0]} of 2 frames")
             except Exception as exc:  # any decoder error is the finding
                 problems.append(f"episode {ep}: video '{key}' not decodable ({path.name}: {exc})")
-    missing = sorted({p.split("video '")[1].split("'")[0] for p in problems if "missing" in p})
-    summary = f"videos missing for {missing}; " if missing else ""
-    return _outcome("videos", True, problems, f"{len(video_keys)} camera video(s) present and decodable",
+    summary = f"videos missing for {sorted(missing)}; " if missing else ""
+    return _outcome("videos", True, problems, f"{len(data.video_keys)} camera video(s) present and decodable",
                     prefix=summary)
 
 

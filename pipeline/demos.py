@@ -92,11 +92,9 @@ def import_local(src: Path, out_dir: Path, state_only: bool) -> dict:
     data = DemoData.load(src)
     if state_only:
         return write_state_only(data, out_dir)
-    missing = sorted({key for key in data.camera_keys if data.meta.features[key]["dtype"] == "video"
-                      for ep in range(data.meta.total_episodes)
-                      if not (src / data.meta.get_video_file_path(ep, key)).is_file()})
+    missing = data.missing_videos()
     if missing:
-        raise DemoInputError(f"{src}: camera videos missing for {missing} (declared in meta/info.json, absent on "
+        raise DemoInputError(f"{src}: camera videos missing for {sorted(missing)} (declared in meta/info.json, absent on "
                              "disk); supply them, or set demos.state_only: true to use state/action only")
     shutil.copytree(src, out_dir)
     return {"imported_from": str(src)}
