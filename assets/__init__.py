@@ -3,5 +3,5 @@
 from assets import demos, sim
 
 ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS]
-ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS_DEFS]
+ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS]
 ALL_SENSORS = [*demos.SENSORS]

@@ -6,13 +6,11 @@ from pathlib import Path
 import dagster as dg
 
 from assets.sim import WORKCELL_DIR, image_md, sim_workcell
+from pipeline.demo_checks import CHECK_SPECS
 from resources import DVC_POOL, DvcResource, ProjectPaths
 
 DEMOS_DIR = "data/demos"
 INBOX_DIR = "data/inbox"
-# (name, blocking) of every check in pipeline.demo_checks, in run order
-CHECKS = [("schema", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
-          ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False)]
 
 
 class DemosRunConfig(dg.Config):
@@ -64,7 +62,7 @@ def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: Proj
 
 
 @dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(name, asset=demos, blocking=blocking) for name, blocking in CHECKS],
+    specs=[dg.AssetCheckSpec(name, asset=demos, blocking=blocking) for name, blocking in CHECK_SPECS],
     description="Blocking: schema, timing, finite values, joint limits, videos, episode count. Warnings: idle "
     "episodes, state-action lag, near-duplicate episodes.",
 )
@@ -74,7 +72,7 @@ def demos_quality(paths: ProjectPaths):
     recipe = paths.recipe()
     outcomes = {o.name: o for o in run_checks(DemoData.load(paths.artifact(DEMOS_DIR)), recipe.demos.checks,
                                               require_camera=not recipe.demos.state_only)}
-    for name, blocking in CHECKS:
+    for name, blocking in CHECK_SPECS:
         o = outcomes.get(name)
         if o is None:  # not run: the schema failed first
             yield dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.ERROR
@@ -103,5 +101,5 @@ def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths)
 
 
 ASSETS = [demos]
-CHECKS_DEFS = [demos_quality]
+CHECKS = [demos_quality]
 SENSORS = [demos_inbox_sensor]

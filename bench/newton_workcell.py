@@ -33,10 +33,9 @@ def newton_steps_per_s(single, worlds: int, device: str, steps: int, dt: float, 
     import numpy as np
     import warp as wp
 
-    builder = newton.ModelBuilder()
-    newton.solvers.SolverMuJoCo.register_custom_attributes(builder)
-    builder.replicate(single, worlds)
-    model = builder.finalize(device=device)
+    from pipeline.sim.build import replicate_workcell
+
+    model = replicate_workcell(single, worlds, device)
     solver = newton.solvers.SolverMuJoCo(model, njmax=300, nconmax=150)
     s0, s1, control = model.state(), model.state(), model.control()
     newton.eval_fk(model, model.joint_q, model.joint_qd, s0)

@@ -17,6 +17,9 @@ from pipeline.config import DemoChecksConfig
 from pipeline.sim.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 
 JOINT_FEATURES = ("observation.state", "action")
+#: (name, blocking) of every check `run_checks` performs, in order; the Dagster check specs are built from it.
+CHECK_SPECS = (("schema", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
+               ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.demo_checks import DemoData, failures, run_checks
+from pipeline.demo_checks import CHECK_SPECS, DemoData, failures, run_checks
 from tests_helpers import ROOT
 
 REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
@@ -68,6 +68,7 @@ def test_recorded_dataset_opens_with_lerobot_and_passes_every_check(recorded, sm
     assert item["observation.images.front"].shape == (3, 48, 64)
     assert item["task"] == small_recipe.demos.task
     outcomes = _outcomes(recorded, small_recipe)
+    assert [(o.name, o.blocking) for o in outcomes.values()] == list(CHECK_SPECS)  # what Dagster declares
     assert all(o.passed for o in outcomes.values()), {k: o.message for k, o in outcomes.items() if not o.passed}
 
 

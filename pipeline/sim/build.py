@@ -122,11 +122,16 @@ def _simplify(points: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np
 def build_newton_model(cfg: WorkcellConfig, device: str = "cpu", worlds: int = 1, progress=None):
     """The workcell as a Newton model, `worlds` independent copies of it. Used for the MJCF export here and, on CUDA,
     for batched MJWarp stepping of the same scene (see bench/newton_workcell.py)."""
-    import newton
-
     single = build_newton_builder(cfg, progress)
     if worlds == 1:
         return single.finalize(device=device)
+    return replicate_workcell(single, worlds, device)
+
+
+def replicate_workcell(single, worlds: int, device: str = "cpu"):
+    """`worlds` independent copies of a one-workcell `ModelBuilder`, finalized on `device`."""
+    import newton
+
     batched = newton.ModelBuilder()
     newton.solvers.SolverMuJoCo.register_custom_attributes(batched)
     batched.replicate(single, worlds)

@@ -8,10 +8,8 @@ Rendering is headless: MUJOCO_GL=egl (Mesa's software EGL on machines without a 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-
 
 import mujoco
 import numpy as np
