@@ -1,7 +1,7 @@
 """Thin Dagster asset + check definitions; each calls one framework-free stage in `pipeline/`."""
 
-from assets import demos, sim
+from assets import bc, demos, sim
 
-ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS]
-ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS]
+ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS, *bc.ASSETS]
+ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS, *bc.CHECKS]
 ALL_SENSORS = [*demos.SENSORS]

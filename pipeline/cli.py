@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipeline.config import RecipeError, load_recipe
 
-STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos"}
+STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc"}
+RUNS_DIR = "runs"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-recipe", help="validate params.yaml and print its section hashes")
     run = sub.add_parser("run", help="run one stage into its DVC-tracked folder (no Dagster, no DVC commit)")
     run.add_argument("stage", choices=sorted(STAGE_DIRS))
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where training runs")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.params)
@@ -43,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         for outcome in bad:
             print(f"check failed: {outcome.name}: {outcome.message}", file=sys.stderr)
         return 1 if bad else 0
+    elif args.stage == "bc_policy":
+        from pipeline.bc import BcInputError, build_bc_policy
+
+        try:
+            metrics = build_bc_policy(recipe, Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml",
+                                      Path(STAGE_DIRS["bc_policy"]), Path(RUNS_DIR), device=args.device)
+        except BcInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({k: v for k, v in metrics.items() if k != "lerobot_train_args"}, indent=2))
     return 0
 
 

@@ -2,7 +2,8 @@
 
     sim:   sim_workcell
     data:  demos  (+ demos_inbox_sensor: new batches in data/inbox are screened and merged)
-    (next: demos -> bc_policy ; scene_capture -> gaussian_splat -> collision_mesh -> usd_twin ;
+    policy: (demos, sim_workcell) -> bc_policy
+    (next: scene_capture -> gaussian_splat -> collision_mesh -> usd_twin ;
            (bc_policy, usd_twin) -> rl_policy -> eval_report)
 """
 

@@ -25,6 +25,8 @@ from pipeline.sim.joints import LEROBOT_JOINT_NAMES
 
 DEMOS_REPO_ID = "twinloop/demos"
 ROBOT_TYPE = "so101_follower"
+#: the per-frame vectors a state-only copy keeps (environment_state only where the source has it)
+NUMERIC_FEATURES = ("observation.state", "action", "observation.environment_state")
 
 
 class DemoInputError(ValueError):
@@ -32,8 +34,12 @@ class DemoInputError(ValueError):
 
 
 def demo_features(width: int, height: int, cameras=("front", "wrist")) -> dict:
+    from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+
     joints = {"dtype": "float32", "shape": (6,), "names": list(LEROBOT_JOINT_NAMES)}
-    feats = {"observation.state": dict(joints), "action": dict(joints)}
+    feats = {"observation.state": dict(joints), "action": dict(joints),
+             "observation.environment_state": {"dtype": "float32", "shape": (len(ENVIRONMENT_STATE_NAMES),),
+                                               "names": list(ENVIRONMENT_STATE_NAMES)}}
     for cam in cameras:
         feats[f"observation.images.{cam}"] = {"dtype": "video", "shape": (height, width, 3),
                                               "names": ["height", "width", "channels"]}
@@ -101,20 +107,17 @@ def import_local(src: Path, out_dir: Path, state_only: bool) -> dict:
 
 
 def write_state_only(data: DemoData, out_dir: Path) -> dict:
-    """A new dataset with the source's state, action and task per frame, through lerobot's writer."""
+    """A new dataset with the source's state, action (environment state) and task per frame, via lerobot's writer."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    feats = {k: dict(data.meta.features[k]) for k in ("observation.state", "action")}
+    feats = {k: dict(data.meta.features[k]) for k in NUMERIC_FEATURES if k in data.meta.features}
     dataset = LeRobotDataset.create(repo_id=DEMOS_REPO_ID, fps=data.meta.fps, root=out_dir,
                                     robot_type=data.meta.robot_type, features=feats, use_videos=False)
     tasks = {int(row.task_index): str(task) for task, row in data.meta.tasks.iterrows()}
     for _, group in data.episodes():
         for _, row in group.iterrows():
-            dataset.add_frame({
-                "observation.state": np.asarray(row["observation.state"], dtype=np.float32),
-                "action": np.asarray(row["action"], dtype=np.float32),
-                "task": tasks[int(row["task_index"])],
-            })
+            dataset.add_frame({**{k: np.asarray(row[k], dtype=np.float32) for k in feats},
+                               "task": tasks[int(row["task_index"])]})
         dataset.save_episode()
     dataset.finalize()
     return {"imported_from": str(data.root), "dropped_cameras": data.camera_keys}

@@ -17,20 +17,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import replace_dir, staging_dir
 from pipeline.config import Recipe
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
-    from scipy.stats import norm
-
-    if n == 0:
-        return (0.0, 1.0)
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+from pipeline.stats import wilson_interval
 
 
 def evaluate_expert(xml_path: Path, recipe: Recipe, episodes: int | None = None, progress: bool = True) -> dict:

@@ -2,6 +2,8 @@
 
 import os
 
+import dagster as dg
+
 from resources.compute import ComputeDevice
 from resources.dvc import DVC_POOL, DvcResource
 from resources.paths import ProjectPaths
@@ -18,4 +20,6 @@ def default_resources(root: str | None = None) -> dict:
         "dvc": DvcResource(paths=paths),
         "compute": ComputeDevice(),
         "robot": RobotConnection(),
+        # child processes that report back through Dagster Pipes (training); SIGINT on cancel
+        "pipes_subprocess": dg.PipesSubprocessClient(),
     }

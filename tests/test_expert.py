@@ -1,4 +1,5 @@
-from pipeline.workcell import evaluate_expert, wilson_interval
+from pipeline.stats import wilson_interval
+from pipeline.workcell import evaluate_expert
 
 
 def test_expert_success_rate_over_20_seeds(workcell_xml, recipe):

@@ -18,6 +18,9 @@ from pipeline.config import WorkcellConfig
 from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot
 
 CAMERAS = ("front", "wrist")
+#: `observation.environment_state`: the cube pose as the simulator knows it (metres, unit quaternion w x y z). A real
+#: cell has no such sensor unless a tracker (fiducial, detector) supplies it; policies that read it are sim baselines.
+ENVIRONMENT_STATE_NAMES = ("cube_x", "cube_y", "cube_z", "cube_qw", "cube_qx", "cube_qy", "cube_qz")
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,12 @@ class Workcell:
         below_rim = p[2] < b.wall_thickness + b.wall_height
         return bool(inside and below_rim and p[2] > 0 and self.cube_speed() < 0.05 and p[2] < half + 0.02)
 
+    def environment_state(self) -> np.ndarray:
+        """`observation.environment_state` (see ENVIRONMENT_STATE_NAMES), float32."""
+        return np.concatenate([self.cube_position(), self.cube_quat()]).astype(np.float32)
+
     def observation(self, with_images: bool = True) -> dict[str, np.ndarray]:
-        obs = {"observation.state": self.state()}
+        obs = {"observation.state": self.state(), "observation.environment_state": self.environment_state()}
         if with_images:
             for cam in CAMERAS:
                 obs[f"observation.images.{cam}"] = self.render(cam)
