@@ -32,3 +32,24 @@ def workcell(workcell_xml, recipe):
     wc = Workcell(workcell_xml, recipe.workcell)
     yield wc
     wc.close()
+
+
+@pytest.fixture(scope="session")
+def small_recipe(recipe):
+    """Tiny cameras and few episodes: a real recording in seconds, not minutes."""
+    cams = recipe.workcell.cameras.model_copy(update={"width": 64, "height": 48})
+    checks = recipe.demos.checks.model_copy(update={"min_episodes": 2})
+    return recipe.model_copy(update={
+        "workcell": recipe.workcell.model_copy(update={"cameras": cams}),
+        "demos": recipe.demos.model_copy(update={"episodes": 2, "checks": checks}),
+    })
+
+
+@pytest.fixture(scope="session")
+def recorded(small_recipe, workcell_xml, tmp_path_factory):
+    from pipeline.demos import build_demos
+
+    root = tmp_path_factory.mktemp("demos") / "demos"
+    result = build_demos(small_recipe, root, workcell_xml=workcell_xml)
+    assert result["recorded_episodes"] == 2
+    return root

@@ -25,6 +25,7 @@ def project(tmp_path_factory):
     recipe["workcell"]["cameras"].update(width=64, height=48)
     recipe["demos"].update(episodes=2)
     recipe["demos"]["checks"]["min_episodes"] = 2
+    recipe["bc"].update(steps=4, save_freq=2, log_freq=1, batch_size=4, held_out_episodes=1, eval_episodes=2)
     recipe["project"]["dvc_remote"] = str(tmp_path / "remote")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(recipe))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -87,6 +88,24 @@ def test_demos_asset_checks_and_inbox_sensor(project):
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "demos"], cwd=project,
                             capture_output=True, text=True, check=True)
     assert "changed outs" not in status.stdout  # data/demos untouched
+
+
+def test_bc_policy_trains_in_a_pipes_child_and_commits(project):
+    """Runs after the demos test above: the trainer child reports its loss through Dagster Pipes."""
+    from assets.bc import bc_moves_like_demos, bc_policy
+    from resources import default_resources
+
+    result = dg.materialize([bc_policy, bc_moves_like_demos], resources=default_resources(str(project)))
+    assert result.success
+    mat = result.asset_materializations_for_node("bc_policy")[0]
+    assert mat.metadata["train_steps"].value == 4  # reported by the child process, through Pipes
+    assert mat.metadata["final_loss"].value > 0
+    assert 0 <= mat.metadata["sim_success_rate"].value <= 1 and mat.metadata["sim_episodes"].value == 2
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert mat.tags["dagster/data_version"] == lock["stages"]["bc_policy"]["outs"][0]["md5"]
+    assert (project / "models" / "bc" / "pretrained_model" / "model.safetensors").is_file()
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "bc_moves_like_demos" and check.metadata["action_magnitude_ratio"].value > 0
 
 
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):

@@ -1,0 +1,109 @@
+"""The `bc_policy` stage: real lerobot training runs (a few steps), resume after a kill, real diagnostics."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pipeline.bc import BcInputError, build_bc_policy, child_command, lerobot_train_args, plan_run
+
+
+def tiny(recipe, **bc):
+    """A recipe that trains for seconds: a few steps, small batches, two closed-loop episodes."""
+    settings = {"steps": 6, "save_freq": 3, "log_freq": 1, "batch_size": 4, "held_out_episodes": 1,
+                "eval_episodes": 2} | bc
+    return recipe.model_copy(update={"bc": recipe.bc.model_copy(update=settings)})
+
+
+@pytest.fixture(scope="module")
+def trained(small_recipe, recorded, workcell_xml, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bc")
+    metrics = build_bc_policy(tiny(small_recipe), recorded, workcell_xml, tmp / "models" / "bc", tmp / "runs",
+                              device="cpu")
+    return tmp / "models" / "bc", metrics
+
+
+def test_checkpoint_is_lerobot_loadable(trained):
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    out, _ = trained
+    model = out / "pretrained_model"
+    for name in ("config.json", "model.safetensors", "train_config.json", "policy_preprocessor.json"):
+        assert (model / name).is_file(), name
+    policy = ACTPolicy.from_pretrained(model)
+    assert set(policy.config.input_features) == {"observation.state", "observation.environment_state"}
+    assert policy.config.chunk_size == 20  # the recipe's policy_options reached lerobot's config
+
+
+def test_diagnostics_come_from_real_rollouts(trained, recorded):
+    out, metrics = trained
+    assert json.loads((out / "metrics.json").read_text())["sim_success_rate"] == metrics["sim_success_rate"]
+    assert metrics["train_steps"] == 6 and metrics["final_loss"] > 0
+    assert metrics["sim_episodes"] == 2 and len(metrics["sim_failed_seeds"]) == 2 - metrics["sim_successes"]
+    low, high = metrics["sim_success_ci95"]
+    assert 0 <= low <= metrics["sim_success_rate"] <= high <= 1 and high - low > 0.3  # 2 episodes: a wide interval
+    assert metrics["held_out_episodes"] == [1]
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    meta = LeRobotDatasetMetadata("twinloop/demos", root=recorded)
+    assert metrics["held_out_frames"] == int(meta.episodes[1]["length"])  # every frame of the held-out episode
+    per_joint = metrics["held_out_action_mse_per_joint"]
+    assert len(per_joint) == 6 and all(v >= 0 for v in per_joint.values())
+    assert metrics["action_magnitude_ratio"] > 0 and metrics["sim_mean_action_step"] > 0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [int(r["steps"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    for png in ("loss.png", "rollouts.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(small_recipe, recorded, workcell_xml, tmp_path):
+    long = tiny(small_recipe, steps=10_000, save_freq=2)
+    run = plan_run(long, recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs", device="cpu")
+    child = subprocess.Popen(child_command(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = run.lerobot_dir / "checkpoints" / "000002" / "training_state" / "training_step.json"
+    deadline = time.time() + 300
+    while not first.is_file() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert first.is_file(), "no checkpoint written before the kill"
+    done = json.loads((run.last_checkpoint / "training_state" / "training_step.json").read_text())["step"]
+    assert 2 <= done < 10_000
+
+    # Same recipe and demos, fewer total steps than the killed run aimed for (steps is not part of the fingerprint):
+    again = plan_run(tiny(small_recipe, steps=done + 2, save_freq=2), recorded, workcell_xml, tmp_path / "bc",
+                     tmp_path / "runs", device="cpu")
+    assert again.work_dir == run.work_dir
+    assert "--resume=true" in lerobot_train_args(again, recorded, "cpu")
+    metrics = build_bc_policy(tiny(small_recipe, steps=done + 2, save_freq=2), recorded, workcell_xml,
+                              tmp_path / "bc", tmp_path / "runs", device="cpu")
+    assert metrics["resumed_from_step"] == done and metrics["train_steps"] == done + 2
+    steps_logged = [int(json.loads(line)["steps"]) for line in (tmp_path / "bc" / "train_log.jsonl").read_text()
+                    .splitlines()]
+    assert steps_logged[-2:] == [done + 1, done + 2]  # continued, not restarted at 1
+
+
+def test_changed_recipe_or_demos_start_fresh(small_recipe, recorded, workcell_xml, tmp_path):
+    first = plan_run(tiny(small_recipe), recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
+    (first.lerobot_dir / "checkpoints" / "last").mkdir(parents=True)
+    assert plan_run(tiny(small_recipe, steps=99), recorded, workcell_xml, tmp_path / "bc",
+                    tmp_path / "runs").work_dir == first.work_dir  # more steps: same run, continued
+    changed = tiny(small_recipe, policy_options={**small_recipe.bc.policy_options, "chunk_size": 10})
+    second = plan_run(changed, recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
+    assert second.work_dir != first.work_dir
+    assert not (tmp_path / "runs" / "bc" / first.work_dir.rsplit("/", 1)[-1]).exists()  # stale checkpoints gone
+    assert "--resume=true" not in lerobot_train_args(second, recorded, "cpu")
+
+
+def test_bad_inputs_are_named(small_recipe, recorded, workcell_xml, tmp_path):
+    with pytest.raises(BcInputError, match="no demos"):
+        plan_run(small_recipe, tmp_path / "nothing", workcell_xml, tmp_path / "bc", tmp_path / "runs")
+    wants_camera = tiny(small_recipe, observations=("observation.state", "observation.images.top"))
+    with pytest.raises(BcInputError, match="observation.images.top"):
+        plan_run(wants_camera, recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
+    with pytest.raises(BcInputError, match="cannot hold out 2"):
+        plan_run(tiny(small_recipe, held_out_episodes=2), recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
+    assert not (tmp_path / "bc").exists()  # nothing written on refusal
