@@ -64,7 +64,7 @@ def through_asset(project: Path, device: str) -> tuple[list[float], float, list[
     assert result.success
     [work] = (project / "runs" / "bc").iterdir()
     rows = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
-    train_args = (work / "lerobot_train_args.txt").read_text().split()
+    train_args = (work / "lerobot_train_args.txt").read_text().splitlines()  # one argument a line; values hold spaces
     return [r["samples_per_s"] for r in rows[1:]], wall, train_args
 
 

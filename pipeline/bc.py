@@ -180,6 +180,16 @@ def lerobot_train_args(run: BcRun, dataset_root: Path, device: str) -> list[str]
         f"--log_freq={cfg.log_freq}",
         f"--save_freq={cfg.save_freq}",
         "--wandb.enable=false",
+        "--use_policy_training_preset=false",
+        "--optimizer.type=adamw",
+        f"--optimizer.lr={cfg.lr}",
+        f"--optimizer.weight_decay={cfg.weight_decay}",
+        f"--optimizer.grad_clip_norm={cfg.grad_clip_norm}",
+        "--scheduler.type=cosine_decay_with_warmup",
+        f"--scheduler.num_warmup_steps={cfg.warmup_steps}",
+        f"--scheduler.num_decay_steps={cfg.steps}",
+        f"--scheduler.peak_lr={cfg.lr}",
+        f"--scheduler.decay_lr={cfg.lr_final}",
     ]
     for key, value in cfg.policy_options.items():
         args.append(f"--policy.{key}={json.dumps(value) if not isinstance(value, str) else value}")

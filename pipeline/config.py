@@ -169,15 +169,23 @@ class BcConfig(_Section):
     # observation.images.front / .wrist to learn from pixels (real recordings have no environment_state).
     observations: tuple[str, ...] = ("observation.state", "observation.environment_state")
     # lerobot policy-config fields, passed as --policy.<key>=<value> (lerobot validates them). Sized to train on
-    # 2 CPU cores in minutes: no VAE (scripted demos are unimodal; the VAE encoder would triple the step cost), a
-    # 2-layer encoder, 20-step chunks replanned every 10. No ImageNet download: a vision backbone starts from
-    # scratch unless a local checkpoint is given. ACT's default normalization leaves ENV features raw: the cube's
-    # ±8 cm would be invisible next to standardized joints, so ENV is standardized too.
+    # 2 CPU cores in minutes: no VAE (scripted demos are unimodal; the VAE encoder triples the step cost), a 2-layer
+    # encoder, 20-step chunks blended by temporal ensembling (a new chunk every step, as the ACT paper runs it:
+    # measured 97 % vs 73 % closed-loop success for the same weights executed 10 steps per chunk). ACT's default
+    # normalization leaves ENV features raw: the cube's ±8 cm would vanish next to standardized joints. No ImageNet
+    # download: a vision backbone starts from scratch unless a local checkpoint is given.
     policy_options: dict[str, str | int | float | bool | None | dict[str, str]] = {
-        "chunk_size": 20, "n_action_steps": 10, "use_vae": False, "dim_model": 256, "dim_feedforward": 1024,
-        "n_encoder_layers": 2, "optimizer_lr": 3e-4, "pretrained_backbone_weights": None,
+        "chunk_size": 20, "n_action_steps": 1, "temporal_ensemble_coeff": 0.01, "use_vae": False, "dim_model": 256,
+        "dim_feedforward": 1024, "n_encoder_layers": 2, "pretrained_backbone_weights": None,
         "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MEAN_STD", "ENV": "MEAN_STD", "ACTION": "MEAN_STD"}}
-    steps: Annotated[int, Field(ge=1)] = 4000
+    # AdamW with a cosine decay from `lr` to `lr_final` over `steps` (after `warmup_steps`): the last checkpoint is
+    # the settled one (a constant rate left checkpoints 1000 steps apart between 20 % and 73 % success).
+    lr: Positive = 3e-4
+    lr_final: Positive = 1e-5
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip_norm: Positive = 10.0
+    steps: Annotated[int, Field(ge=1)] = 2500
     batch_size: Annotated[int, Field(ge=1)] = 32
     num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes; 0 suits tabular features on few cores
     seed: int = 0

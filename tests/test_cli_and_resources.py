@@ -29,6 +29,14 @@ def test_check_recipe_refuses_a_bad_key_by_name(tmp_path):
     assert "unknown key 'expert.eval_episode'" in proc.stderr and "eval_episodes" in proc.stderr
 
 
+def test_run_bc_policy_without_demos_says_what_is_missing(tmp_path):
+    (tmp_path / "params.yaml").write_text("bc:\n  steps: 5\n")
+    proc = _twinloop("--params", str(tmp_path / "params.yaml"), "run", "bc_policy", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no demos at" in proc.stderr and "materialize the `demos` asset first" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models").exists()
+
+
 def test_compute_device_cpu_never_touches_torch():
     from resources import ComputeDevice
 
