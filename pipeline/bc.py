@@ -191,7 +191,7 @@ def lerobot_train_args(run: BcRun, dataset_root: Path, device: str) -> list[str]
         f"--scheduler.peak_lr={cfg.lr}",
         f"--scheduler.decay_lr={cfg.lr_final}",
     ]
-    for key, value in cfg.policy_options.items():
+    for key, value in cfg.policy_options.get(cfg.policy, {}).items():
         args.append(f"--policy.{key}={json.dumps(value) if not isinstance(value, str) else value}")
     return args
 

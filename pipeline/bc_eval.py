@@ -71,15 +71,20 @@ class LerobotPolicy:
 
 def held_out_errors(policy: LerobotPolicy, dataset_root: Path, episodes: list[int]) -> dict:
     import torch
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-    dataset = LeRobotDataset("twinloop/demos", root=dataset_root, episodes=episodes)
+    # Frames as the policy was trained on them (observation history, action chunk): lerobot's own windowing.
+    meta = LeRobotDatasetMetadata("twinloop/demos", root=dataset_root)
+    dataset = LeRobotDataset("twinloop/demos", root=dataset_root, episodes=episodes,
+                             delta_timestamps=resolve_delta_timestamps(policy.policy.config, meta))
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False)
     predicted, demonstrated, state = [], [], []
     for batch in loader:
         predicted.append(policy.first_actions(batch))
-        demonstrated.append(batch["action"].numpy())
-        state.append(batch["observation.state"].numpy())
+        action, joints = batch["action"].numpy(), batch["observation.state"].numpy()
+        demonstrated.append(action[:, 0] if action.ndim == 3 else action)  # a chunk starts at the current frame
+        state.append(joints[:, -1] if joints.ndim == 3 else joints)  # a history ends at the current frame
     predicted, demonstrated, state = (np.concatenate(x) for x in (predicted, demonstrated, state))
     per_joint = ((predicted - demonstrated) ** 2).mean(axis=0)
     ratio = float(np.abs(predicted - state).mean() / max(np.abs(demonstrated - state).mean(), 1e-9))

@@ -91,7 +91,8 @@ def test_changed_recipe_or_demos_start_fresh(small_recipe, recorded, workcell_xm
     (first.lerobot_dir / "checkpoints" / "last").mkdir(parents=True)
     assert plan_run(tiny(small_recipe, steps=99), recorded, workcell_xml, tmp_path / "bc",
                     tmp_path / "runs").work_dir == first.work_dir  # more steps: same run, continued
-    changed = tiny(small_recipe, policy_options={**small_recipe.bc.policy_options, "chunk_size": 10})
+    options = small_recipe.bc.policy_options
+    changed = tiny(small_recipe, policy_options={**options, "act": {**options["act"], "chunk_size": 10}})
     second = plan_run(changed, recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
     assert second.work_dir != first.work_dir
     assert not (tmp_path / "runs" / "bc" / first.work_dir.rsplit("/", 1)[-1]).exists()  # stale checkpoints gone
@@ -107,3 +108,19 @@ def test_bad_inputs_are_named(small_recipe, recorded, workcell_xml, tmp_path):
     with pytest.raises(BcInputError, match="cannot hold out 2"):
         plan_run(tiny(small_recipe, held_out_episodes=2), recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs")
     assert not (tmp_path / "bc").exists()  # nothing written on refusal
+
+
+def test_diffusion_is_selectable(small_recipe, recorded, workcell_xml, tmp_path):
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+    metrics = build_bc_policy(tiny(small_recipe, policy="diffusion", steps=2, save_freq=2, eval_episodes=1),
+                              recorded, workcell_xml, tmp_path / "bc", tmp_path / "runs", device="cpu")
+    assert metrics["policy"] == "diffusion" and metrics["train_steps"] == 2 and metrics["sim_episodes"] == 1
+    assert DiffusionPolicy.from_pretrained(tmp_path / "bc" / "pretrained_model").config.horizon == 16
+
+
+def test_smolvla_without_local_weights_is_refused(recipe):
+    from pipeline.config import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match="smolvla fine-tunes pretrained weights"):
+        parse_recipe({"bc": {"policy": "smolvla"}})
