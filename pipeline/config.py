@@ -155,7 +155,7 @@ class DemosConfig(_Section):
     local_path: str = ""  # source: local — a LeRobot v3.0 dataset folder
     repo_id: str = ""  # source: hub — a Hugging Face dataset repo id (needs network)
     state_only: bool = False  # accept a dataset without camera videos, keeping state/action only
-    episodes: Annotated[int, Field(ge=1)] = 6  # source: sim — successful episodes to record
+    episodes: Annotated[int, Field(ge=1)] = 80  # source: sim — successful episodes to record
     seed: int = 0
     task: str = "Pick the red cube and place it in the blue bin"
     checks: DemoChecksConfig = DemoChecksConfig()
@@ -178,7 +178,7 @@ class BcConfig(_Section):
     # vision backbone starts from scratch unless `pretrained_path` names a local checkpoint.
     policy_options: dict[str, dict[str, PolicyOption]] = {
         "act": {"chunk_size": 20, "n_action_steps": 1, "temporal_ensemble_coeff": 0.01, "use_vae": False,
-                "dim_model": 256, "dim_feedforward": 1024, "n_encoder_layers": 2, "pretrained_backbone_weights": None,
+                "dim_model": 128, "dim_feedforward": 512, "n_encoder_layers": 2, "pretrained_backbone_weights": None,
                 "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MEAN_STD", "ENV": "MEAN_STD",
                                           "ACTION": "MEAN_STD"}},
         "diffusion": {"horizon": 16, "n_action_steps": 8, "drop_n_last_frames": 7, "down_dims": [128, 256],
@@ -194,7 +194,7 @@ class BcConfig(_Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 100
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip_norm: Positive = 10.0
-    steps: Annotated[int, Field(ge=1)] = 2500
+    steps: Annotated[int, Field(ge=1)] = 4000
     batch_size: Annotated[int, Field(ge=1)] = 32
     num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes; 0 suits tabular features on few cores
     seed: int = 0
