@@ -280,6 +280,12 @@ def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
     device = resolve_device(run.device)
     log_path = Path(run.work_dir) / TRAIN_LOG
     resumed_from = _checkpoint_step(run.last_checkpoint)
+    if not resumed_from:  # killed before its first checkpoint: lerobot refuses to start over an existing folder
+        shutil.rmtree(run.lerobot_dir, ignore_errors=True)
+    # Log lines written after the checkpoint by an interrupted run are about to be trained (and logged) again.
+    kept = [line for line in (log_path.read_text().splitlines() if log_path.is_file() else [])
+            if line and json.loads(line)["steps"] <= resumed_from]
+    log_path.write_text("".join(line + "\n" for line in kept))
     reporter.info(f"BC: {'resuming from step ' + str(resumed_from) if resumed_from else 'fresh run'} on {device}, "
                   f"work folder {run.work_dir}")
     dataset_root = training_dataset(run)
