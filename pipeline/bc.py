@@ -162,8 +162,10 @@ def lerobot_train_args(run: BcRun, dataset_root: Path, device: str) -> list[str]
     """`lerobot-train` arguments for this run: fresh, or `--resume` from the last checkpoint of the same inputs."""
     cfg = run.parsed_recipe().bc
     if run.last_checkpoint.is_dir():
+        # More steps than the checkpoint was trained for: the cosine schedule is stretched to the new total (the
+        # rate picks up where the longer schedule would be), instead of staying at its final value.
         return [f"--config_path={run.last_checkpoint / 'pretrained_model' / 'train_config.json'}", "--resume=true",
-                f"--steps={cfg.steps}"]
+                f"--steps={cfg.steps}", f"--scheduler.num_decay_steps={cfg.steps}"]
     args = [
         f"--dataset.repo_id={DEMOS_REPO_ID}",
         f"--dataset.root={dataset_root}",

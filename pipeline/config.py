@@ -194,7 +194,7 @@ class BcConfig(_Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 100
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip_norm: Positive = 10.0
-    steps: Annotated[int, Field(ge=1)] = 4000
+    steps: Annotated[int, Field(ge=1)] = 6000
     batch_size: Annotated[int, Field(ge=1)] = 32
     num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes; 0 suits tabular features on few cores
     seed: int = 0
