@@ -19,7 +19,7 @@ Folders:
     train_log.jsonl             one line per lerobot log step: loss, grad norm, lr, samples/s
   models/bc/                    the result, replaced atomically when everything above succeeded
     pretrained_model/           lerobot's layout (config.json, model.safetensors, train_config.json, processors)
-    metrics.json, loss.png, held_out_error.png, rollouts.png
+    metrics.json, loss.png (loss + held-out per-joint error), rollouts.png, train_log.jsonl
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 
 from pipeline.artifacts import replace_dir
 from pipeline.config import Recipe
+from pipeline.demos import DEMOS_REPO_ID
 
-DEMOS_REPO_ID = "twinloop/demos"
 TRAIN_LOG = "train_log.jsonl"
 
 
@@ -119,14 +119,13 @@ def plan_run(recipe: Recipe, demos_root: Path, workcell_xml: Path, out_dir: Path
     for stale in runs.glob("*") if runs.is_dir() else []:
         if stale.name != fingerprint[:12]:  # another recipe or other demos: their checkpoints cannot be resumed
             shutil.rmtree(stale, ignore_errors=True)
-    work_dir = runs / fingerprint[:12]
-    if _checkpoint_step(work_dir / "lerobot" / "checkpoints" / "last") > cfg.steps:  # fewer steps than done: redo
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
     split = n_episodes - cfg.held_out_episodes
     run = BcRun(recipe=recipe.model_dump(mode="json"), demos_root=str(demos_root), workcell_xml=str(workcell_xml),
-                work_dir=str(work_dir), out_dir=str(Path(out_dir).resolve()), device=device,
+                work_dir=str(runs / fingerprint[:12]), out_dir=str(Path(out_dir).resolve()), device=device,
                 train_episodes=list(range(split)), held_out_episodes=list(range(split, n_episodes)))
+    if _checkpoint_step(run.last_checkpoint) > cfg.steps:  # trained further than now asked: start over
+        shutil.rmtree(run.work_dir)
+    Path(run.work_dir).mkdir(parents=True, exist_ok=True)
     run.spec_path.write_text(json.dumps(asdict(run), indent=2))
     return run
 
@@ -248,7 +247,7 @@ class _TrainLogTap(logging.Filter):
 def training_dataset(run: BcRun) -> Path:
     """The demos themselves, or a copy reduced to the policy's observations + action (lerobot's remove_feature)."""
     from lerobot.datasets.dataset_tools import remove_feature
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     observed = set(run.parsed_recipe().bc.observations) | {"action"}
     meta = LeRobotDatasetMetadata(DEMOS_REPO_ID, root=run.demos_root)
@@ -258,8 +257,6 @@ def training_dataset(run: BcRun) -> Path:
         return Path(run.demos_root)
     reduced = Path(run.work_dir) / "train_dataset"
     if not (reduced / "meta" / "info.json").is_file():
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
         shutil.rmtree(reduced, ignore_errors=True)
         remove_feature(LeRobotDataset(DEMOS_REPO_ID, root=run.demos_root), extra, output_dir=reduced,
                        repo_id=DEMOS_REPO_ID)

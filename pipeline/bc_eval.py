@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.demos import DEMOS_REPO_ID
 from pipeline.sim.joints import LEROBOT_JOINT_NAMES
 from pipeline.stats import wilson_interval
 
@@ -75,8 +76,8 @@ def held_out_errors(policy: LerobotPolicy, dataset_root: Path, episodes: list[in
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     # Frames as the policy was trained on them (observation history, action chunk): lerobot's own windowing.
-    meta = LeRobotDatasetMetadata("twinloop/demos", root=dataset_root)
-    dataset = LeRobotDataset("twinloop/demos", root=dataset_root, episodes=episodes,
+    meta = LeRobotDatasetMetadata(DEMOS_REPO_ID, root=dataset_root)
+    dataset = LeRobotDataset(DEMOS_REPO_ID, root=dataset_root, episodes=episodes,
                              delta_timestamps=resolve_delta_timestamps(policy.policy.config, meta))
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False)
     predicted, demonstrated, state = [], [], []
