@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipeline.config import RecipeError, load_recipe
 
-STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc"}
+STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
+              "scene_capture": "data/capture", "gaussian_splat": "models/splat"}
 RUNS_DIR = "runs"
 
 
@@ -55,6 +56,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps({k: v for k, v in metrics.items() if k != "lerobot_train_args"}, indent=2))
+    elif args.stage == "scene_capture":
+        from pipeline.capture import CaptureError, build_scene_capture
+
+        try:
+            metrics = build_scene_capture(recipe, Path(STAGE_DIRS["scene_capture"]),
+                                          workcell_xml=Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml")
+        except CaptureError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(metrics, indent=2))
+    elif args.stage == "gaussian_splat":
+        from pipeline.capture import CaptureError
+        from pipeline.ply import PlyError
+        from pipeline.splat.train import SplatError, build_gaussian_splat
+
+        try:
+            metrics = build_gaussian_splat(recipe, Path(STAGE_DIRS["scene_capture"]), Path(STAGE_DIRS["gaussian_splat"]),
+                                           Path(RUNS_DIR), device=args.device)
+        except (SplatError, CaptureError, PlyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({k: v for k, v in metrics.items() if k != "holdout_psnr_per_view"}, indent=2))
+        if metrics["holdout_psnr_db"] < metrics["min_holdout_psnr_db"]:
+            print(f"check failed: held-out PSNR {metrics['holdout_psnr_db']:.2f} dB < "
+                  f"{metrics['min_holdout_psnr_db']} dB", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -220,6 +220,94 @@ class BcConfig(_Section):
         return hashlib.md5(payload.encode()).hexdigest()
 
 
+class BoardConfig(_Section):
+    """The ChArUco board (OpenCV's `cv2.aruco.CharucoBoard`) that gives an image/video capture its metric scale and
+    places it in the robot base frame. Print it, measure a square, lay it flat on the table, face up."""
+
+    squares_x: Annotated[int, Field(ge=3)] = 7
+    squares_y: Annotated[int, Field(ge=3)] = 5
+    square_size_m: Positive = 0.03
+    marker_size_m: Positive = 0.022
+    dictionary: str = "DICT_5X5_100"  # a cv2.aruco predefined dictionary name
+    # Where the board's origin (OpenCV's board corner (0, 0, 0)) lies in the robot base frame, and the angle of the
+    # board's x axis (along `squares_x`) from the base x axis, counter-clockwise seen from above.
+    origin_in_base: Vec3 = (0.1, -0.1, 0.0)
+    yaw_deg: float = 0.0
+    min_views: Annotated[int, Field(ge=2)] = 3  # registered images that must see the board
+
+
+class CaptureConfig(_Section):
+    """Stage `scene_capture`: posed images of the workcell in nerfstudio's transforms.json convention (robot base
+    frame, metres). Sources: `sim` renders the sim workcell from known viewpoints (the default recipe); `posed` reads
+    a folder that already holds transforms.json + images; `images` (a folder) and `video` (a file) are posed with
+    COLMAP (pycolmap) and scaled/aligned with the ChArUco `board`."""
+
+    source: Literal["sim", "posed", "images", "video"] = "sim"
+    path: str = ""  # posed/images: a folder; video: a video file (relative paths resolve against the project root)
+    min_images: Annotated[int, Field(ge=3)] = 20
+    # source: sim — viewpoints on an orbit around `look_at`, as a person walking round the cell with a phone would
+    views: Annotated[int, Field(ge=3, le=1000)] = 64
+    width: Annotated[int, Field(ge=32, le=4096)] = 256
+    height: Annotated[int, Field(ge=32, le=4096)] = 192
+    fovy_deg: Annotated[float, Field(gt=5, lt=170)] = 55.0
+    look_at: Vec3 = (0.15, 0.0, 0.08)
+    distance_m: Range = Range(low=0.55, high=0.85)
+    elevation_deg: Range = Range(low=20.0, high=65.0)
+    seed: int = 0
+    # source: video — keep every n-th frame, at most `max_images`
+    video_every_nth_frame: Annotated[int, Field(ge=1)] = 10
+    max_images: Annotated[int, Field(ge=3)] = 200
+    board: BoardConfig = BoardConfig()
+
+
+class DensifyConfig(_Section):
+    """gsplat's DefaultStrategy (the 3DGS paper's adaptive density control), on both renderers."""
+
+    refine_start_iter: Annotated[int, Field(ge=0)] = 300
+    refine_stop_iter: Annotated[int, Field(ge=0)] = 1500
+    refine_every: Annotated[int, Field(ge=1)] = 100
+    reset_every: Annotated[int, Field(ge=1)] = 3000  # opacity reset period (longer than a CPU run: none happens)
+    grow_grad2d: Positive = 0.0002
+    prune_opa: Positive = 0.005
+
+
+class SplatConfig(_Section):
+    """Stage `gaussian_splat`: 3D Gaussian splatting of the capture (gsplat on CUDA, the same math in PyTorch on
+    CPU), or an externally trained INRIA-format PLY (e.g. `ns-export gaussian-splat`) scored on the same views."""
+
+    source: Literal["train", "ply"] = "train"
+    ply_path: str = ""  # source: ply — a 3DGS PLY in the capture's frame
+    backend: Literal["auto", "gsplat", "torch"] = "auto"  # auto: gsplat when CUDA is present, else the CPU renderer
+    iterations: Annotated[int, Field(ge=1)] = 2000
+    holdout_every: Annotated[int, Field(ge=2)] = 8  # every k-th capture image is held out: never trained on
+    seed: int = 0
+    init_points: Annotated[int, Field(ge=100)] = 20_000  # points drawn from the capture's point cloud
+    init_opacity: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    init_scale: Positive = 1.0  # times the mean distance to the 3 nearest points
+    sh_degree: Annotated[int, Field(ge=0, le=3)] = 3
+    sh_degree_interval: Annotated[int, Field(ge=1)] = 500  # raise the SH degree in use every N steps
+    ssim_lambda: Annotated[float, Field(ge=0, le=1)] = 0.2
+    # Adam learning rates of gsplat's simple_trainer (means scaled by the scene size, decayed 100x over the run)
+    lr_means: Positive = 1.6e-4
+    lr_scales: Positive = 5e-3
+    lr_quats: Positive = 1e-3
+    lr_opacities: Positive = 5e-2
+    lr_sh0: Positive = 2.5e-3
+    lr_shN: Positive = 2.5e-3 / 20
+    rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    background: Vec3 = (0.0, 0.0, 0.0)  # what shows where no Gaussian covers a pixel (the sim renders black there)
+    densify: DensifyConfig = DensifyConfig()
+    checkpoint_every: Annotated[int, Field(ge=1)] = 250  # the most steps an interruption can lose
+    log_every: Annotated[int, Field(ge=1)] = 50
+    min_holdout_psnr_db: float = 25.0  # the blocking asset check
+
+    def training_fingerprint(self) -> str:
+        """md5 of what shapes the trained Gaussians; `iterations` is left out so raising it resumes the run."""
+        skip = {"iterations", "min_holdout_psnr_db", "log_every", "checkpoint_every", "backend"}
+        payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
+        return hashlib.md5(payload.encode()).hexdigest()
+
+
 class Recipe(_Section):
     """The whole of params.yaml."""
 
@@ -228,6 +316,8 @@ class Recipe(_Section):
     expert: ExpertConfig = ExpertConfig()
     demos: DemosConfig = DemosConfig()
     bc: BcConfig = BcConfig()
+    capture: CaptureConfig = CaptureConfig()
+    splat: SplatConfig = SplatConfig()
 
     def section_hash(self, section: str) -> str:
         """md5 of one section's canonical JSON: changes exactly when that stage's recipe changes."""

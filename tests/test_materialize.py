@@ -26,6 +26,8 @@ def project(tmp_path_factory):
     recipe["demos"].update(episodes=2)
     recipe["demos"]["checks"]["min_episodes"] = 2
     recipe["bc"].update(steps=4, save_freq=2, log_freq=1, batch_size=4, held_out_episodes=1, eval_episodes=2)
+    recipe["capture"].update(views=16, width=64, height=48, min_images=8)
+    recipe["splat"].update(iterations=30, holdout_every=4, init_points=1500, log_every=10, min_holdout_psnr_db=10.0)
     recipe["project"]["dvc_remote"] = str(tmp_path / "remote")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(recipe))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -106,6 +108,38 @@ def test_bc_policy_trains_in_a_pipes_child_and_commits(project):
     assert (project / "models" / "bc" / "pretrained_model" / "model.safetensors").is_file()
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "bc_moves_like_demos" and check.metadata["action_magnitude_ratio"].value > 0
+
+
+def test_scene_capture_and_gaussian_splat_assets(project):
+    """Runs after the workcell test above: capture the sim workcell, splat it, gate it on held-out PSNR."""
+    from assets.twin import gaussian_splat, scene_capture, splat_matches_holdout_views
+    from resources import default_resources
+
+    resources = default_resources(str(project))
+    result = dg.materialize([scene_capture, gaussian_splat, splat_matches_holdout_views], resources=resources)
+    assert result.success
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    for stage in ("scene_capture", "gaussian_splat"):
+        mat = result.asset_materializations_for_node(stage)[0]
+        assert mat.tags["dagster/data_version"] == lock["stages"][stage]["outs"][0]["md5"]
+    mat = result.asset_materializations_for_node("gaussian_splat")[0]
+    assert mat.metadata["iterations"].value == 30 and mat.metadata["backend"].value == "torch"
+    assert mat.metadata["holdout_psnr_db"].value > mat.metadata["initial_holdout_psnr_db"].value
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["holdout_psnr_db"].value >= 10.0
+
+    # An unreachable bar fails the blocking check (the trained run is resumed, not redone).
+    recipe = yaml.safe_load((project / "params.yaml").read_text())
+    recipe["splat"]["min_holdout_psnr_db"] = 80.0
+    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
+    try:
+        failed = dg.materialize([gaussian_splat, splat_matches_holdout_views], resources=resources,
+                                raise_on_error=False)
+    finally:
+        recipe["splat"]["min_holdout_psnr_db"] = 10.0
+        (project / "params.yaml").write_text(yaml.safe_dump(recipe))
+    [check] = failed.get_asset_check_evaluations()
+    assert not check.passed and "80.0 dB" in check.description
 
 
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):
