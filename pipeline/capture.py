@@ -228,7 +228,8 @@ def render_sim_capture(recipe: Recipe, workcell_xml: Path, out: Path, progress: 
         cam.azimuth = math.degrees(math.atan2(-back[1], -back[0]))
         cam.elevation = math.degrees(math.atan2(-back[2], horizontal))
         renderer.update_scene(data, camera=cam)
-        gl = renderer.scene.camera[0]
+        # the scene holds a stereo pair (eyes ±ipd/2 apart); a mono render looks from their average
+        gl = mujoco.mjv_averageCamera(renderer.scene.camera[0], renderer.scene.camera[1])
         rendered_c2w = np.eye(4)
         forward, up = np.array(gl.forward, dtype=float), np.array(gl.up, dtype=float)
         rendered_c2w[:3, 0], rendered_c2w[:3, 1] = np.cross(forward, up), up

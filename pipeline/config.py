@@ -247,8 +247,9 @@ class CaptureConfig(_Section):
     min_images: Annotated[int, Field(ge=3)] = 20
     # source: sim — viewpoints on an orbit around `look_at`, as a person walking round the cell with a phone would
     views: Annotated[int, Field(ge=3, le=1000)] = 64
-    width: Annotated[int, Field(ge=32, le=4096)] = 256
-    height: Annotated[int, Field(ge=32, le=4096)] = 192
+    # 160x120 keeps CPU splat training within minutes (its cost grows with pixels x Gaussians per pixel)
+    width: Annotated[int, Field(ge=32, le=4096)] = 160
+    height: Annotated[int, Field(ge=32, le=4096)] = 120
     fovy_deg: Annotated[float, Field(gt=5, lt=170)] = 55.0
     look_at: Vec3 = (0.15, 0.0, 0.08)
     distance_m: Range = Range(low=0.55, high=0.85)
@@ -264,7 +265,7 @@ class DensifyConfig(_Section):
     """gsplat's DefaultStrategy (the 3DGS paper's adaptive density control), on both renderers."""
 
     refine_start_iter: Annotated[int, Field(ge=0)] = 300
-    refine_stop_iter: Annotated[int, Field(ge=0)] = 1500
+    refine_stop_iter: Annotated[int, Field(ge=0)] = 500  # gsplat: 15k of 30k steps; scaled to the CPU run
     refine_every: Annotated[int, Field(ge=1)] = 100
     reset_every: Annotated[int, Field(ge=1)] = 3000  # opacity reset period (longer than a CPU run: none happens)
     grow_grad2d: Positive = 0.0002
@@ -278,14 +279,14 @@ class SplatConfig(_Section):
     source: Literal["train", "ply"] = "train"
     ply_path: str = ""  # source: ply — a 3DGS PLY in the capture's frame
     backend: Literal["auto", "gsplat", "torch"] = "auto"  # auto: gsplat when CUDA is present, else the CPU renderer
-    iterations: Annotated[int, Field(ge=1)] = 2000
+    iterations: Annotated[int, Field(ge=1)] = 600  # ~3 min on 2 CPU cores at 160x120; a GPU affords 7k-30k
     holdout_every: Annotated[int, Field(ge=2)] = 8  # every k-th capture image is held out: never trained on
     seed: int = 0
-    init_points: Annotated[int, Field(ge=100)] = 20_000  # points drawn from the capture's point cloud
+    init_points: Annotated[int, Field(ge=100)] = 10_000  # points drawn from the capture's point cloud
     init_opacity: Annotated[float, Field(gt=0, lt=1)] = 0.1
     init_scale: Positive = 1.0  # times the mean distance to the 3 nearest points
     sh_degree: Annotated[int, Field(ge=0, le=3)] = 3
-    sh_degree_interval: Annotated[int, Field(ge=1)] = 500  # raise the SH degree in use every N steps
+    sh_degree_interval: Annotated[int, Field(ge=1)] = 200  # raise the SH degree in use every N steps
     ssim_lambda: Annotated[float, Field(ge=0, le=1)] = 0.2
     # Adam learning rates of gsplat's simple_trainer (means scaled by the scene size, decayed 100x over the run)
     lr_means: Positive = 1.6e-4
@@ -297,13 +298,15 @@ class SplatConfig(_Section):
     rasterize_mode: Literal["classic", "antialiased"] = "classic"
     background: Vec3 = (0.0, 0.0, 0.0)  # what shows where no Gaussian covers a pixel (the sim renders black there)
     densify: DensifyConfig = DensifyConfig()
-    checkpoint_every: Annotated[int, Field(ge=1)] = 250  # the most steps an interruption can lose
+    # Checkpoint period in seconds of training (a GPU step takes milliseconds, a CPU one a third of a second): the
+    # most work an interruption can lose. The last step is always saved.
+    checkpoint_every_s: Annotated[float, Field(ge=0)] = 30.0
     log_every: Annotated[int, Field(ge=1)] = 50
     min_holdout_psnr_db: float = 25.0  # the blocking asset check
 
     def training_fingerprint(self) -> str:
         """md5 of what shapes the trained Gaussians; `iterations` is left out so raising it resumes the run."""
-        skip = {"iterations", "min_holdout_psnr_db", "log_every", "checkpoint_every", "backend"}
+        skip = {"iterations", "min_holdout_psnr_db", "log_every", "checkpoint_every_s", "backend"}
         payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
         return hashlib.md5(payload.encode()).hexdigest()
 

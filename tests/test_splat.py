@@ -217,7 +217,7 @@ def test_ascii_ply_reads(tmp_path):
 def tiny_recipe(recipe):
     capture = recipe.capture.model_copy(update={"views": 16, "width": 64, "height": 48, "min_images": 8})
     splat = recipe.splat.model_copy(update={"iterations": 60, "holdout_every": 4, "init_points": 1500,
-                                            "log_every": 10, "checkpoint_every": 20, "sh_degree_interval": 20})
+                                            "log_every": 10, "sh_degree_interval": 20})
     return recipe.model_copy(update={"capture": capture, "splat": splat})
 
 
@@ -244,7 +244,7 @@ def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_re
     log = [json.loads(line) for line in (tmp_path / "splat" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]
 
-    # Interrupted at step 40 (the last checkpoint), then run to 60: the same Gaussians as the uninterrupted run.
+    # Stopped at step 40 (its last checkpoint), then run to 60: the same Gaussians as the uninterrupted run.
     short = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(update={"iterations": 40})})
     build_gaussian_splat(short, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b", device="cpu",
                          progress=False, log=lambda *_: None)

@@ -125,6 +125,7 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tens
     changes how much work is wasted on pixels outside a box (where alpha < 1/255 is skipped anyway), not the image."""
     D = features.shape[-1]
     s = tile_size
+    dev = means2d.device
     tiles_w, tiles_h = math.ceil(width / s), math.ceil(height / s)
     ids = torch.nonzero((radii > 0).all(-1)).squeeze(1)
     ids = ids[torch.argsort(depths[ids].detach())]  # near to far: pairs are generated (and stay) in depth order
@@ -141,15 +142,15 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tens
         ntx = torch.where(has_pixels, x1 // s - tx0 + 1, 0)
         nty = torch.where(has_pixels, y1 // s - ty0 + 1, 0)
         counts = ntx * nty
-        row_gauss = torch.repeat_interleave(torch.arange(len(ids)), counts)
-        offset = torch.arange(len(row_gauss)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        row_gauss = torch.repeat_interleave(torch.arange(len(ids), device=dev), counts)
+        offset = torch.arange(len(row_gauss), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         row_tile = (ty0[row_gauss] + offset // ntx[row_gauss]) * tiles_w + tx0[row_gauss] + offset % ntx[row_gauss]
         order = torch.sort(row_tile, stable=True).indices  # by tile; depth order kept within a tile
         row_gauss, row_tile = row_gauss[order], row_tile[order]
         first_of_tile = torch.ones_like(row_tile, dtype=torch.bool)
         first_of_tile[1:] = row_tile[1:] != row_tile[:-1]
-        segment_start = torch.cummax(torch.where(first_of_tile, torch.arange(len(row_tile)), 0), 0).values
-        local = torch.arange(s * s)
+        segment_start = torch.cummax(torch.where(first_of_tile, torch.arange(len(row_tile), device=dev), 0), 0).values
+        local = torch.arange(s * s, device=dev)
         px = (row_tile % tiles_w)[:, None] * s + local % s  # [rows, s*s]
         py = (row_tile // tiles_w)[:, None] * s + local // s
         on_image = (px < width) & (py < height)
@@ -179,9 +180,9 @@ def _blend(packed: Tensor, row_ids: Tensor, row_tile: Tensor, px: Tensor, py: Te
     included = (log_T + log_keep) > math.log(TRANSMITTANCE_STOP)  # gsplat stops before T would reach 1e-4
     weight = alpha * torch.exp(log_T).float() * included  # [rows, s*s]
     slots = px.shape[1]
-    features = torch.zeros(n_tiles, slots, packed.shape[1] - 6, dtype=packed.dtype)
+    features = torch.zeros(n_tiles, slots, packed.shape[1] - 6, dtype=packed.dtype, device=packed.device)
     features = features.index_add(0, row_tile, weight[..., None] * row[:, None, 6:])
-    alphas = torch.zeros(n_tiles, slots, dtype=packed.dtype).index_add(0, row_tile, weight)
+    alphas = torch.zeros(n_tiles, slots, dtype=packed.dtype, device=packed.device).index_add(0, row_tile, weight)
     return torch.cat([features, alphas[..., None]], -1)
 
 

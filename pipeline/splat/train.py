@@ -68,6 +68,12 @@ class Views:
                    torch.tensor(capture.K, dtype=torch.float32, device=device), capture.width, capture.height,
                    train, holdout)
 
+    def background(self, rgb: tuple[float, float, float]) -> torch.Tensor:
+        """[1, 3] on the views' device, made once: a host-to-device copy per step would cost GPU time."""
+        if getattr(self, "_background", (None,))[0] != rgb:
+            self._background = (rgb, torch.tensor([rgb], dtype=torch.float32, device=self.images.device))
+        return self._background[1]
+
     def scene_scale(self) -> float:
         """simple_trainer's scene size: 1.1 x the largest camera distance from the cameras' centroid."""
         centres = torch.linalg.inv(self.viewmats)[:, :3, 3]
@@ -88,13 +94,12 @@ def resolve_backend(requested: str, device: str) -> tuple[str, torch.device]:
 def render_view(params: dict[str, torch.Tensor], views: Views, index: int, backend: str, sh_degree: int,
                 cfg: SplatConfig, render_mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One capture view: image [H, W, C], alpha [H, W, 1], gsplat's info dict."""
-    device = params["means"].device
     renders, alphas, info = rasterize(
         backend,
         means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]),
         opacities=torch.sigmoid(params["opacities"]), colors=torch.cat([params["sh0"], params["shN"]], 1),
         viewmats=views.viewmats[index:index + 1], Ks=views.K[None], width=views.width, height=views.height,
-        sh_degree=sh_degree, backgrounds=torch.tensor([cfg.background], dtype=torch.float32, device=device),
+        sh_degree=sh_degree, backgrounds=views.background(cfg.background),
         render_mode=render_mode, rasterize_mode=cfg.rasterize_mode,
     )
     return renders[0], alphas[0], info
@@ -184,6 +189,7 @@ class SplatTrainer:
             prune_opa=d.prune_opa, grow_grad2d=d.grow_grad2d, refine_start_iter=d.refine_start_iter,
             refine_stop_iter=d.refine_stop_iter, refine_every=d.refine_every, reset_every=d.reset_every)
         self.step = 0
+        self._epoch_order = (-1, None)
         self.params = self._parameters(init)
         self.optimizers = self._optimizers()
         self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
@@ -227,8 +233,9 @@ class SplatTrainer:
     def view_for_step(self, step: int) -> int:
         """A seeded permutation of the training views per epoch: the same sequence whether or not the run resumed."""
         n = len(self.views.train)
-        order = np.random.default_rng([self.cfg.seed, step // n]).permutation(n)
-        return self.views.train[order[step % n]]
+        if self._epoch_order[0] != step // n:
+            self._epoch_order = (step // n, np.random.default_rng([self.cfg.seed, step // n]).permutation(n))
+        return self.views.train[self._epoch_order[1][step % n]]
 
     def train(self, iterations: int, progress: bool = True, log: Callable[[str], None] = print) -> None:
         from tqdm import tqdm
@@ -243,6 +250,7 @@ class SplatTrainer:
         bar = tqdm(range(self.step, iterations), initial=self.step, total=iterations, desc="splat", unit="it",
                    disable=not progress)
         t0 = time.perf_counter() - self.seconds
+        last_save = time.perf_counter()
         with open(self.log_path, "a") as log_file:
             for step in bar:
                 index = self.view_for_step(step)
@@ -264,7 +272,7 @@ class SplatTrainer:
                 self.step = step + 1
                 if self.step % cfg.log_every == 0 or self.step == iterations:
                     self.seconds = time.perf_counter() - t0
-                    record = {"step": self.step, "loss": float(loss), "l1": float(l1), "ssim": float(ssim_value),
+                    record = {"step": self.step, "loss": loss.item(), "l1": l1.item(), "ssim": ssim_value.item(),
                               "psnr_db": psnr(image.detach(), target), "gaussians": len(self.params["means"]),
                               "sh_degree": degree, "seconds": round(self.seconds, 2)}
                     log_file.write(json.dumps(record) + "\n")
@@ -274,9 +282,10 @@ class SplatTrainer:
                     if not progress:
                         log(f"step {self.step}/{iterations}: loss {record['loss']:.4f}, train PSNR "
                             f"{record['psnr_db']:.1f} dB, {record['gaussians']} Gaussians")
-                if self.step % cfg.checkpoint_every == 0 or self.step == iterations:
+                if self.step == iterations or time.perf_counter() - last_save >= cfg.checkpoint_every_s:
                     self.seconds = time.perf_counter() - t0
                     self._save()
+                    last_save = time.perf_counter()
 
     def gaussians(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.params.items()}
