@@ -46,12 +46,12 @@ def test_cube_centre_projects_onto_the_red_cube_in_every_view(sim_capture):
         u, v = (capture.K @ camera[:3])[:2] / camera[2]
         image = capture.image(i).astype(int)
         red = (image[..., 0] > 150) & (image[..., 1] < 80) & (image[..., 2] < 80)
-        if red.sum() < 15:  # hidden behind the robot from this side
+        if red.sum() < 8:  # hidden behind the robot from this side
             continue
         ys, xs = np.nonzero(red)
         assert abs(xs.mean() + 0.5 - u) < 1.0 and abs(ys.mean() + 0.5 - v) < 1.0, (i, u, v)
         checked += 1
-    assert checked >= 8
+    assert checked >= 6
 
 
 def test_depth_and_points_lie_on_the_scene(sim_capture):

@@ -244,19 +244,36 @@ def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_re
     log = [json.loads(line) for line in (tmp_path / "splat" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]
 
-    # Stopped at step 40 (its last checkpoint), then run to 60: the same Gaussians as the uninterrupted run.
-    short = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(update={"iterations": 40})})
-    build_gaussian_splat(short, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b", device="cpu",
-                         progress=False, log=lambda *_: None)
+    # A crash at step 50 (checkpoints every step here: the last one is step 49), then the same recipe again: it
+    # resumes and ends with exactly the Gaussians of the uninterrupted run.
+    crashing = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(update={"checkpoint_every_s": 0})})
+
+    def crash_at_50(message):
+        if message.startswith("step 50/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_gaussian_splat(crashing, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b", device="cpu",
+                             progress=False, log=crash_at_50)
+    assert not (tmp_path / "splat_b").exists()
     messages = []
-    resumed = build_gaussian_splat(tiny_recipe, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b",
+    resumed = build_gaussian_splat(crashing, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b",
                                    device="cpu", progress=False, log=messages.append)
-    assert any("resuming from step 40" in m for m in messages)
+    assert any("resuming from step 49" in m for m in messages)
     assert resumed["holdout_psnr_db"] == pytest.approx(metrics["holdout_psnr_db"], abs=1e-4)
     from pipeline.splat.gaussians import load_ply
 
     a, b = load_ply(tmp_path / "splat" / "splat.ply"), load_ply(tmp_path / "splat_b" / "splat.ply")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "splat_b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]  # step 50 redone once, not logged twice
+
+    # Raising `iterations` continues the same run (the schedule stretched to the new total).
+    longer = crashing.model_copy(update={"splat": crashing.splat.model_copy(update={"iterations": 70})})
+    messages = []
+    build_gaussian_splat(longer, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b", device="cpu",
+                         progress=False, log=messages.append)
+    assert any("resuming from step 60" in m for m in messages)
 
     # The exported PLY as an external source scores the same on the same held-out views.
     external = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(
@@ -286,6 +303,7 @@ def test_splat_stage_refuses_bad_input_clearly(tiny_recipe, tiny_capture, tmp_pa
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's rasterizer needs CUDA")
 def test_cpu_rasterizer_matches_gsplat_on_cuda():
     from gsplat import rasterization
