@@ -355,8 +355,11 @@ def _camera_plot(capture: Capture, path: Path) -> None:
     ax.quiver(*centres.T, *looks.T, length=0.1, color="tab:blue")
     ax.scatter(*centres.T, s=8, color="tab:blue", label="cameras")
     points = capture.points()
-    if points is not None:
-        pick = np.random.default_rng(0).choice(len(points["x"]), min(3000, len(points["x"])), replace=False)
+    if points is not None:  # the points the cameras surround (a far floor or wall would flatten the plot)
+        xyz = np.stack([points["x"], points["y"], points["z"]], -1)
+        low, high = centres.min(0) - [0.2, 0.2, 0.5], centres.max(0) + 0.2
+        inside = np.nonzero(np.all((xyz >= low) & (xyz <= high), axis=1))[0]
+        pick = np.random.default_rng(0).choice(inside, min(3000, len(inside)), replace=False)
         colours = np.stack([points[c][pick] for c in ("red", "green", "blue")], -1) / 255 if "red" in points else "k"
         ax.scatter(points["x"][pick], points["y"][pick], points["z"][pick], s=1, c=colours, label="points")
     ax.scatter([0], [0], [0], marker="^", s=60, color="k", label="robot base")

@@ -7,10 +7,10 @@ front-to-back compositing (alpha = min(0.999, o·exp(-σ)), skipped below 1/255,
 would fall to 1e-4). It takes and returns the same tensors as `gsplat.rasterization`, including the `info` dict that
 gsplat's densification strategies read, so the trainer is the same code on both devices.
 
-How the CPU version stays fast enough: instead of gsplat's 16x16 tiles, every Gaussian lists exactly the pixels
-inside its bounding box (outside it, alpha < 1/255 by construction of the box), the (pixel, Gaussian) pairs are
-sorted by pixel with depth order kept, and transmittance is a segmented cumulative sum of log(1 - alpha) in float64.
-Everything is a flat tensor op, differentiated by autograd.
+How the CPU version stays fast enough: instead of gsplat's 16x16 tiles and per-pixel loops, each Gaussian is paired
+with the 2x2-pixel tiles its bounding box touches (outside the box alpha < 1/255 by construction, so nothing is
+lost), the (tile, Gaussian) pairs are sorted by tile with depth order kept, and transmittance is a segmented
+cumulative sum of log(1 - alpha) in float64. Every step is a flat tensor op, differentiated by autograd.
 """
 
 from __future__ import annotations
