@@ -77,6 +77,7 @@ def gaussian_splat(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
         "gaussians": metrics["gaussians"],
         "iterations": metrics["iterations"],
         "seconds": dg.MetadataValue.float(metrics["seconds"]),
+        "train_seconds": dg.MetadataValue.float(metrics["train_seconds"]),
         "backend": metrics["backend"],
         "device": metrics["device"],
         "holdout_photo_vs_render": dg.MetadataValue.md(image_md(out / "holdout.png", width=900)),

@@ -306,7 +306,7 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
         ply = Path(cfg.ply_path) if Path(cfg.ply_path).is_absolute() else root / cfg.ply_path
         log(f"scoring the external splat {ply} on {len(views.holdout)} held-out capture views")
         params = {k: v.to(torch_device) for k, v in load_ply(ply).items()}
-        initial, iterations, it_per_s, train_log = None, 0, None, None
+        initial, iterations, it_per_s, train_seconds, train_log = None, 0, None, 0.0, None
     else:
         init = initial_gaussians(capture, views, cfg)
         work_dir = Path(runs_dir) / "splat" / hashlib.md5(
@@ -315,13 +315,14 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
         _remove_stale_runs(work_dir)
         trainer = SplatTrainer(cfg, views, init, backend, torch_device, work_dir)
         initial = score({k: v.to(torch_device) for k, v in init.items()}, views, views.holdout, backend, cfg)
-        log(f"training {len(init['means'])} Gaussians on {len(views.train)} views with {backend} on "
-            f"{torch_device.type} (held out: {len(views.holdout)}); initial held-out PSNR {initial['psnr_db']:.2f} dB")
-        start_step = trainer.step
-        t_train = time.perf_counter()
+        state = (f"resuming {work_dir} at step {trainer.step} of {cfg.iterations}" if trainer.step else
+                 f"training {len(init['means'])} Gaussians for {cfg.iterations} steps")
+        log(f"{state} on {len(views.train)} views with {backend} on {torch_device.type} (held out: "
+            f"{len(views.holdout)}); the initialization scores {initial['psnr_db']:.2f} dB held out")
         trainer.train(cfg.iterations, progress=progress, log=log)
-        ran = trainer.step - start_step
-        it_per_s = ran / (time.perf_counter() - t_train) if ran else None
+        # training time summed over every resumed session (kept in the checkpoint), not this call's
+        train_seconds = trainer.seconds
+        it_per_s = trainer.step / train_seconds if train_seconds else None
         params, iterations, train_log = trainer.gaussians(), trainer.step, trainer.log_path
     result = score(params, views, views.holdout, backend, cfg)
     train_score = score(params, views, views.train[:: max(1, len(views.train) // 8)], backend, cfg)
@@ -334,6 +335,7 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
         "initial_holdout_psnr_db": None if initial is None else round(initial["psnr_db"], 3),
         "gaussians": int(len(params["means"])), "sh_degree": sh_degree_of(params), "iterations": iterations,
         "iterations_per_s": None if it_per_s is None else round(it_per_s, 2),
+        "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1), "min_holdout_psnr_db": cfg.min_holdout_psnr_db,
         "width": views.width, "height": views.height, "capture_md5": source_md5,
     }
