@@ -320,3 +320,71 @@ def test_cpu_rasterizer_matches_gsplat_on_cuda():
                                             packed=False)
     assert (ours - theirs.cpu()).abs().max() < 2e-3
     assert (ours_alpha - theirs_alpha.cpu()).abs().max() < 2e-3
+
+
+@pytest.fixture(scope="module")
+def synthetic_capture(recipe, tmp_path_factory):
+    """A capture without MuJoCo (GPU hosts may have no EGL): 400 coloured Gaussians rendered by the CPU rasterizer
+    from 16 orbit viewpoints, with noisy copies of their centres as the point cloud."""
+    from PIL import Image
+
+    from pipeline.capture import orbit_viewpoints, pinhole_K, write_point_cloud, write_transforms
+
+    cfg = recipe.capture.model_copy(update={"views": 16, "width": 64, "height": 48})
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    means = torch.rand(n, 3, generator=gen) * torch.tensor([0.3, 0.3, 0.15]) + torch.tensor([0.0, -0.15, 0.0])
+    colors = torch.rand(n, 3, generator=gen)
+    K = torch.tensor(pinhole_K(cfg.width, cfg.height, cfg.fovy_deg), dtype=torch.float32)
+    out = tmp_path_factory.mktemp("synthetic")
+    (out / "images").mkdir()
+    frames = []
+    for i, c2w in enumerate(orbit_viewpoints(cfg)):
+        viewmat = torch.tensor(np.linalg.inv(c2w @ np.diag([1.0, -1.0, -1.0, 1.0])), dtype=torch.float32)
+        image, _, _ = rasterize_torch(means, torch.tensor([[1.0, 0, 0, 0]] * n), torch.full((n, 3), 0.012),
+                                      torch.full((n,), 0.9), colors, viewmat[None], K[None], cfg.width, cfg.height)
+        Image.fromarray((image[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(out / f"images/{i}.png")
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w})
+    noisy = means.numpy() + np.random.default_rng(0).normal(0, 0.003, (n, 3))
+    write_point_cloud(out / "points.ply", noisy, (colors.numpy() * 255).astype(np.uint8))
+    write_transforms(out, cfg.width, cfg.height, K.numpy(), frames, ply_file_path="points.ply")
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's rasterizer needs CUDA")
+def test_gsplat_training_on_cuda_learns_and_resumes(tiny_recipe, synthetic_capture, tmp_path):
+    from pipeline.splat.train import build_gaussian_splat
+
+    cfg = tiny_recipe.splat.model_copy(update={"iterations": 200, "holdout_every": 4, "checkpoint_every_s": 0,
+                                               "log_every": 50})
+    recipe = tiny_recipe.model_copy(update={"splat": cfg})
+    full = build_gaussian_splat(recipe, synthetic_capture, tmp_path / "a", tmp_path / "runs_a", device="cuda",
+                                progress=False, log=lambda *_: None)
+    assert full["backend"] == "gsplat" and full["device"] == "cuda"
+    assert full["holdout_psnr_db"] > full["initial_holdout_psnr_db"] + 3.0
+
+    def crash_at_150(message):
+        if message.startswith("step 150/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_gaussian_splat(recipe, synthetic_capture, tmp_path / "b", tmp_path / "runs_b", device="cuda",
+                             progress=False, log=crash_at_150)
+    messages = []
+    resumed = build_gaussian_splat(recipe, synthetic_capture, tmp_path / "b", tmp_path / "runs_b", device="cuda",
+                                   progress=False, log=messages.append)
+    assert any("resuming" in m and "at step 149" in m for m in messages)
+    # gsplat's backward sums with atomics, so CUDA runs agree closely, not bit for bit
+    assert resumed["holdout_psnr_db"] == pytest.approx(full["holdout_psnr_db"], abs=0.5)
+
+
+def test_synthetic_capture_trains_on_cpu(tiny_recipe, synthetic_capture, tmp_path):
+    """The MuJoCo-free capture behind the GPU test above, checked where CI runs: it loads and trains."""
+    from pipeline.splat.train import build_gaussian_splat
+
+    recipe = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(
+        update={"iterations": 40, "holdout_every": 4})})
+    metrics = build_gaussian_splat(recipe, synthetic_capture, tmp_path / "s", tmp_path / "runs", device="cpu",
+                                   progress=False, log=lambda *_: None)
+    assert metrics["holdout_psnr_db"] > metrics["initial_holdout_psnr_db"]

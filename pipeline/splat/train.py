@@ -188,14 +188,15 @@ class SplatTrainer:
         self.strategy = DefaultStrategy(
             prune_opa=d.prune_opa, grow_grad2d=d.grow_grad2d, refine_start_iter=d.refine_start_iter,
             refine_stop_iter=d.refine_stop_iter, refine_every=d.refine_every, reset_every=d.reset_every)
-        self.step = 0
         self._epoch_order = (-1, None)
-        self.params = self._parameters(init)
-        self.optimizers = self._optimizers()
-        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
-        self.seconds = 0.0
         if self.checkpoint_path.is_file():
             self._resume()
+        else:
+            self.step, self.seconds = 0, 0.0
+            self.params = self._parameters(init)
+            self.optimizers = self._optimizers()
+            self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
+            self.log_path.unlink(missing_ok=True)  # a run that died before its first checkpoint starts over
 
     def _parameters(self, tensors):
         return torch.nn.ParameterDict({k: torch.nn.Parameter(tensors[k].to(self.device)) for k in PARAM_NAMES})
@@ -215,7 +216,9 @@ class SplatTrainer:
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
         self.strategy_state = state["strategy_state"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the training device
+        if state.get("cuda_rng") is not None:  # densification draws on the training device's generator
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         if self.log_path.is_file():  # lines written after the checkpoint are redone
             lines = [line for line in self.log_path.read_text().splitlines()
                      if line and json.loads(line)["step"] <= self.step]
@@ -225,7 +228,8 @@ class SplatTrainer:
         state = {"step": self.step, "seconds": self.seconds,
                  "params": {k: v.detach() for k, v in self.params.items()},
                  "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
-                 "strategy_state": self.strategy_state, "torch_rng": torch.get_rng_state()}
+                 "strategy_state": self.strategy_state, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)  # a kill mid-write leaves the previous checkpoint
