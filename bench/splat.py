@@ -50,7 +50,6 @@ def plain_gsplat_loop(cfg, views: Views, init: dict, iterations: int) -> tuple[d
                                refine_stop_iter=d.refine_stop_iter, refine_every=d.refine_every,
                                reset_every=d.reset_every)
     state = strategy.initialize_state(scene_scale=scene_scale)
-    background = torch.tensor([cfg.background], dtype=torch.float32, device=device)
     generator = torch.Generator().manual_seed(cfg.seed)
     train = torch.tensor(views.train)
     torch.cuda.synchronize()
@@ -61,7 +60,7 @@ def plain_gsplat_loop(cfg, views: Views, init: dict, iterations: int) -> tuple[d
             means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]),
             opacities=torch.sigmoid(params["opacities"]), colors=torch.cat([params["sh0"], params["shN"]], 1),
             viewmats=views.viewmats[index:index + 1], Ks=views.K[None], width=views.width, height=views.height,
-            sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree), backgrounds=background, packed=False,
+            sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree), backgrounds=views.background, packed=False,
             rasterize_mode=cfg.rasterize_mode)
         strategy.step_pre_backward(params, optimizers, state, step, info)
         target = views.images[index]
@@ -93,7 +92,7 @@ def main() -> int:
     cfg = recipe.splat.model_copy(update={"iterations": args.iterations, "backend": "gsplat", "densify": densify})
     device = torch.device("cuda")
     capture = Capture.load(args.capture)
-    views = Views.load(capture, cfg.holdout_every, device)
+    views = Views.load(capture, cfg.holdout_every, device, cfg.background)
     init = initial_gaussians(capture, views, cfg)
 
     # warm-up: gsplat compiles its CUDA kernels on first use (not counted)

@@ -1,7 +1,8 @@
-"""Small helpers for writing artifact folders safely."""
+"""Small helpers for writing artifact folders safely and for resumable work folders."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,3 +22,19 @@ def replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_other_runs(keep: Path) -> None:
+    """Delete the siblings of the work folder `keep`: checkpoints of another recipe or other inputs can never be
+    resumed by this one, so they only hold disk."""
+    for other in keep.parent.iterdir() if keep.parent.is_dir() else []:
+        if other.is_dir() and other != keep:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def keep_log_until(log_path: Path, step: int, key: str = "step") -> None:
+    """Drop the JSON-lines records past `step` (an interrupted run logged them after its last checkpoint; resuming
+    trains and logs those steps again)."""
+    lines = log_path.read_text().splitlines() if log_path.is_file() else []
+    kept = [line for line in lines if line and json.loads(line)[key] <= step]
+    log_path.write_text("".join(line + "\n" for line in kept))

@@ -34,7 +34,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.artifacts import replace_dir
+from pipeline.artifacts import keep_log_until, remove_other_runs, replace_dir
 from pipeline.config import Recipe
 from pipeline.demos import DEMOS_REPO_ID
 
@@ -116,9 +116,7 @@ def plan_run(recipe: Recipe, demos_root: Path, workcell_xml: Path, out_dir: Path
 
     fingerprint = hashlib.md5(f"{cfg.training_fingerprint()}:{demos_fingerprint(demos_root)}".encode()).hexdigest()
     runs = runs_root / "bc"
-    for stale in runs.glob("*") if runs.is_dir() else []:
-        if stale.name != fingerprint[:12]:  # another recipe or other demos: their checkpoints cannot be resumed
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_other_runs(runs / fingerprint[:12])  # another recipe or other demos: never resumable
     split = n_episodes - cfg.held_out_episodes
     run = BcRun(recipe=recipe.model_dump(mode="json"), demos_root=str(demos_root), workcell_xml=str(workcell_xml),
                 work_dir=str(runs / fingerprint[:12]), out_dir=str(Path(out_dir).resolve()), device=device,
@@ -282,9 +280,7 @@ def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
     if not resumed_from:  # killed before its first checkpoint: lerobot refuses to start over an existing folder
         shutil.rmtree(run.lerobot_dir, ignore_errors=True)
     # Log lines written after the checkpoint by an interrupted run are about to be trained (and logged) again.
-    kept = [line for line in (log_path.read_text().splitlines() if log_path.is_file() else [])
-            if line and json.loads(line)["steps"] <= resumed_from]
-    log_path.write_text("".join(line + "\n" for line in kept))
+    keep_log_until(log_path, resumed_from, key="steps")
     reporter.info(f"BC: {'resuming from step ' + str(resumed_from) if resumed_from else 'fresh run'} on {device}, "
                   f"work folder {run.work_dir}")
     dataset_root = training_dataset(run)

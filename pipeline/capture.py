@@ -282,7 +282,8 @@ def copy_posed_capture(source: Path, out: Path) -> dict:
     writing that convention): validated, then copied with every file it names."""
     capture = Capture.load(source)  # validates before anything is copied
     shutil.copytree(source, out)
-    return {"points": 0 if capture.point_cloud is None else len(next(iter(read_ply(capture.point_cloud).values())))}
+    points = capture.points()
+    return {"points": 0 if points is None else len(points["x"])}
 
 
 def build_scene_capture(recipe: Recipe, out_dir: Path, workcell_xml: Path | None = None, root: Path = Path("."),

@@ -25,6 +25,11 @@ PolicyOption = str | int | float | bool | None | list[int | float] | dict[str, s
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def md5(self, exclude: set[str] | None = None) -> str:
+        """md5 of the canonical JSON of this section (without the `exclude` fields)."""
+        payload = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
+        return hashlib.md5(payload.encode()).hexdigest()
+
 
 class Range(_Section):
     low: float
@@ -216,8 +221,7 @@ class BcConfig(_Section):
         """md5 of what shapes the checkpoint. `steps` and the evaluation fields are left out: raising `steps`
         resumes the last checkpoint (long training continues), re-evaluating never retrains."""
         skip = {"steps", "eval_episodes", "eval_seed", "min_action_magnitude_ratio", "log_freq"}
-        payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
-        return hashlib.md5(payload.encode()).hexdigest()
+        return self.md5(exclude=skip)
 
 
 class BoardConfig(_Section):
@@ -307,8 +311,7 @@ class SplatConfig(_Section):
     def training_fingerprint(self) -> str:
         """md5 of what shapes the trained Gaussians; `iterations` is left out so raising it resumes the run."""
         skip = {"iterations", "min_holdout_psnr_db", "log_every", "checkpoint_every_s", "backend"}
-        payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
-        return hashlib.md5(payload.encode()).hexdigest()
+        return self.md5(exclude=skip)
 
 
 class Recipe(_Section):
@@ -324,8 +327,7 @@ class Recipe(_Section):
 
     def section_hash(self, section: str) -> str:
         """md5 of one section's canonical JSON: changes exactly when that stage's recipe changes."""
-        payload = json.dumps(getattr(self, section).model_dump(mode="json"), sort_keys=True)
-        return hashlib.md5(payload.encode()).hexdigest()
+        return getattr(self, section).md5()
 
 
 class RecipeError(ValueError):

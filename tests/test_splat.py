@@ -211,6 +211,14 @@ def test_ascii_ply_reads(tmp_path):
     assert v["x"].tolist() == [0.5, -1.25] and v["red"].tolist() == [10, 255] and v["red"].dtype == np.uint8
 
 
+def crash_at(step: int):
+    """A log callback that kills the training run when it reports `step` (as an interrupt would)."""
+    def log(message: str) -> None:
+        if message.startswith(f"step {step}/"):
+            raise KeyboardInterrupt
+    return log
+
+
 # --- the stage on a tiny capture of the sim workcell -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -248,13 +256,9 @@ def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_re
     # resumes and ends with exactly the Gaussians of the uninterrupted run.
     crashing = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(update={"checkpoint_every_s": 0})})
 
-    def crash_at_50(message):
-        if message.startswith("step 50/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         build_gaussian_splat(crashing, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b", device="cpu",
-                             progress=False, log=crash_at_50)
+                             progress=False, log=crash_at(50))
     assert not (tmp_path / "splat_b").exists()
     messages = []
     resumed = build_gaussian_splat(crashing, tiny_capture, tmp_path / "splat_b", tmp_path / "runs_b",
@@ -364,13 +368,9 @@ def test_gsplat_training_on_cuda_learns_and_resumes(tiny_recipe, synthetic_captu
     assert full["backend"] == "gsplat" and full["device"] == "cuda"
     assert full["holdout_psnr_db"] > full["initial_holdout_psnr_db"] + 3.0
 
-    def crash_at_150(message):
-        if message.startswith("step 150/"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         build_gaussian_splat(recipe, synthetic_capture, tmp_path / "b", tmp_path / "runs_b", device="cuda",
-                             progress=False, log=crash_at_150)
+                             progress=False, log=crash_at(150))
     messages = []
     resumed = build_gaussian_splat(recipe, synthetic_capture, tmp_path / "b", tmp_path / "runs_b", device="cuda",
                                    progress=False, log=messages.append)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.artifacts import replace_dir, staging_dir
+from pipeline.artifacts import keep_log_until, remove_other_runs, replace_dir, staging_dir
 from pipeline.capture import Capture
 from pipeline.config import Recipe, SplatConfig
 from pipeline.splat.gaussians import init_from_points, load_ply, save_ply, sh_degree_of
@@ -54,9 +54,11 @@ class Views:
     height: int
     train: list[int]
     holdout: list[int]
+    background: torch.Tensor  # [1, 3]: what shows where no Gaussian covers a pixel
 
     @classmethod
-    def load(cls, capture: Capture, holdout_every: int, device: torch.device) -> Views:
+    def load(cls, capture: Capture, holdout_every: int, device: torch.device,
+             background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Views:
         images = np.stack([capture.image(i) for i in range(len(capture.frames))]).astype(np.float32) / 255
         viewmats = np.stack([f.viewmat() for f in capture.frames]).astype(np.float32)
         holdout = capture.holdout_indices(holdout_every)
@@ -66,13 +68,7 @@ class Views:
                              f"{len(train)} to train on and {len(holdout)} to score: add views")
         return cls(torch.tensor(images, device=device), torch.tensor(viewmats, device=device),
                    torch.tensor(capture.K, dtype=torch.float32, device=device), capture.width, capture.height,
-                   train, holdout)
-
-    def background(self, rgb: tuple[float, float, float]) -> torch.Tensor:
-        """[1, 3] on the views' device, made once: a host-to-device copy per step would cost GPU time."""
-        if getattr(self, "_background", (None,))[0] != rgb:
-            self._background = (rgb, torch.tensor([rgb], dtype=torch.float32, device=self.images.device))
-        return self._background[1]
+                   train, holdout, torch.tensor([background], dtype=torch.float32, device=device))
 
     def scene_scale(self) -> float:
         """simple_trainer's scene size: 1.1 x the largest camera distance from the cameras' centroid."""
@@ -99,7 +95,7 @@ def render_view(params: dict[str, torch.Tensor], views: Views, index: int, backe
         means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]),
         opacities=torch.sigmoid(params["opacities"]), colors=torch.cat([params["sh0"], params["shN"]], 1),
         viewmats=views.viewmats[index:index + 1], Ks=views.K[None], width=views.width, height=views.height,
-        sh_degree=sh_degree, backgrounds=views.background(cfg.background),
+        sh_degree=sh_degree, backgrounds=views.background,
         render_mode=render_mode, rasterize_mode=cfg.rasterize_mode,
     )
     return renders[0], alphas[0], info
@@ -219,10 +215,7 @@ class SplatTrainer:
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the training device
         if state.get("cuda_rng") is not None:  # densification draws on the training device's generator
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
-        if self.log_path.is_file():  # lines written after the checkpoint are redone
-            lines = [line for line in self.log_path.read_text().splitlines()
-                     if line and json.loads(line)["step"] <= self.step]
-            self.log_path.write_text("".join(line + "\n" for line in lines))
+        keep_log_until(self.log_path, self.step)
 
     def _save(self):
         state = {"step": self.step, "seconds": self.seconds,
@@ -301,7 +294,7 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
     cfg = recipe.splat
     backend, torch_device = resolve_backend(cfg.backend, device)
     capture = Capture.load(capture_dir)
-    views = Views.load(capture, cfg.holdout_every, torch_device)
+    views = Views.load(capture, cfg.holdout_every, torch_device, cfg.background)
     source_md5 = capture_md5(capture)
     t0 = time.perf_counter()
     if cfg.source == "ply":
@@ -316,7 +309,7 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
         work_dir = Path(runs_dir) / "splat" / hashlib.md5(
             (cfg.training_fingerprint() + source_md5).encode()).hexdigest()[:12]
         work_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_runs(work_dir)
+        remove_other_runs(work_dir)
         trainer = SplatTrainer(cfg, views, init, backend, torch_device, work_dir)
         initial = score({k: v.to(torch_device) for k, v in init.items()}, views, views.holdout, backend, cfg)
         state = (f"resuming {work_dir} at step {trainer.step} of {cfg.iterations}" if trainer.step else
@@ -356,13 +349,6 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     replace_dir(staging, Path(out_dir))
     return metrics
-
-
-def _remove_stale_runs(keep: Path) -> None:
-    """Checkpoints of other recipes/captures can never be resumed by this one: free the disk."""
-    for other in keep.parent.iterdir():
-        if other.is_dir() and other != keep:
-            shutil.rmtree(other, ignore_errors=True)
 
 
 def _holdout_figure(views: Views, indices: list[int], result: dict, path: Path, rows: int = 4) -> None:
