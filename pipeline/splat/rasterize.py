@@ -116,6 +116,48 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
     return {"means2d": means2d, "conics": conics, "depths": depths, "radii": radii, "opacities": opacities}
 
 
+@torch.no_grad()
+def _tile_pairs(means2d: Tensor, depths: Tensor, radii: Tensor, width: int, height: int, s: int) -> dict[str, Tensor]:
+    """Each visible Gaussian paired with the s x s tiles its bounding box touches, sorted by tile (depth order kept
+    within a tile), with the pixel coordinates of every pair's tile slots."""
+    dev = means2d.device
+    tiles_w = math.ceil(width / s)
+    ids = torch.nonzero((radii > 0).all(-1)).squeeze(1)
+    ids = ids[torch.argsort(depths[ids].detach())]  # near to far: pairs are generated (and stay) in depth order
+    mx, my = means2d[ids, 0].detach(), means2d[ids, 1].detach()
+    rx, ry = radii[ids, 0].float(), radii[ids, 1].float()
+    # pixels whose centre (px + 0.5) lies inside [mean - radius, mean + radius], then the tiles holding them
+    x0 = torch.clamp(torch.ceil(mx - rx - 0.5), 0, width - 1).long()
+    x1 = torch.clamp(torch.floor(mx + rx - 0.5), -1, width - 1).long()
+    y0 = torch.clamp(torch.ceil(my - ry - 0.5), 0, height - 1).long()
+    y1 = torch.clamp(torch.floor(my + ry - 0.5), -1, height - 1).long()
+    has_pixels = (x1 >= x0) & (y1 >= y0)
+    tx0, ty0 = x0 // s, y0 // s
+    ntx = torch.where(has_pixels, x1 // s - tx0 + 1, 0)
+    nty = torch.where(has_pixels, y1 // s - ty0 + 1, 0)
+    counts = ntx * nty
+    row_gauss = torch.repeat_interleave(torch.arange(len(ids), device=dev), counts)
+    offset = torch.arange(len(row_gauss), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    row_tile = (ty0[row_gauss] + offset // ntx[row_gauss]) * tiles_w + tx0[row_gauss] + offset % ntx[row_gauss]
+    order = torch.sort(row_tile, stable=True).indices  # by tile; depth order kept within a tile
+    row_gauss, row_tile = row_gauss[order], row_tile[order]
+    first_of_tile = torch.ones_like(row_tile, dtype=torch.bool)
+    first_of_tile[1:] = row_tile[1:] != row_tile[:-1]
+    segment_start = torch.cummax(torch.where(first_of_tile, torch.arange(len(row_tile), device=dev), 0), 0).values
+    local = torch.arange(s * s, device=dev)
+    px = (row_tile % tiles_w)[:, None] * s + local % s  # [rows, s*s]
+    py = (row_tile // tiles_w)[:, None] * s + local // s
+    return {"ids": ids, "row_ids": torch.index_select(ids, 0, row_gauss), "row_tile": row_tile, "px": px, "py": py,
+            "on_image": (px < width) & (py < height), "segment_start": segment_start}
+
+
+def _untile(out: Tensor, width: int, height: int, s: int) -> Tensor:
+    """[n_tiles, s*s, C] tile slots back to an [H, W, C] image."""
+    tiles_w, tiles_h, C = math.ceil(width / s), math.ceil(height / s), out.shape[-1]
+    out = out.reshape(tiles_h, tiles_w, s, s, C).permute(0, 2, 1, 3, 4).reshape(tiles_h * s, tiles_w * s, C)
+    return out[:height, :width]
+
+
 def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, depths: Tensor, radii: Tensor,
               width: int, height: int, tile_size: int = 2) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of the projected Gaussians with radii > 0: features [H, W, D], alpha [H, W, 1].
@@ -125,50 +167,19 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tens
     changes how much work is wasted on pixels outside a box (where alpha < 1/255 is skipped anyway), not the image."""
     D = features.shape[-1]
     s = tile_size
-    dev = means2d.device
-    tiles_w, tiles_h = math.ceil(width / s), math.ceil(height / s)
-    ids = torch.nonzero((radii > 0).all(-1)).squeeze(1)
-    ids = ids[torch.argsort(depths[ids].detach())]  # near to far: pairs are generated (and stay) in depth order
-    with torch.no_grad():
-        mx, my = means2d[ids, 0], means2d[ids, 1]
-        rx, ry = radii[ids, 0].float(), radii[ids, 1].float()
-        # pixels whose centre (px + 0.5) lies inside [mean - radius, mean + radius], then the tiles holding them
-        x0 = torch.clamp(torch.ceil(mx - rx - 0.5), 0, width - 1).long()
-        x1 = torch.clamp(torch.floor(mx + rx - 0.5), -1, width - 1).long()
-        y0 = torch.clamp(torch.ceil(my - ry - 0.5), 0, height - 1).long()
-        y1 = torch.clamp(torch.floor(my + ry - 0.5), -1, height - 1).long()
-        has_pixels = (x1 >= x0) & (y1 >= y0)
-        tx0, ty0 = x0 // s, y0 // s
-        ntx = torch.where(has_pixels, x1 // s - tx0 + 1, 0)
-        nty = torch.where(has_pixels, y1 // s - ty0 + 1, 0)
-        counts = ntx * nty
-        row_gauss = torch.repeat_interleave(torch.arange(len(ids), device=dev), counts)
-        offset = torch.arange(len(row_gauss), device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        row_tile = (ty0[row_gauss] + offset // ntx[row_gauss]) * tiles_w + tx0[row_gauss] + offset % ntx[row_gauss]
-        order = torch.sort(row_tile, stable=True).indices  # by tile; depth order kept within a tile
-        row_gauss, row_tile = row_gauss[order], row_tile[order]
-        first_of_tile = torch.ones_like(row_tile, dtype=torch.bool)
-        first_of_tile[1:] = row_tile[1:] != row_tile[:-1]
-        segment_start = torch.cummax(torch.where(first_of_tile, torch.arange(len(row_tile), device=dev), 0), 0).values
-        local = torch.arange(s * s, device=dev)
-        px = (row_tile % tiles_w)[:, None] * s + local % s  # [rows, s*s]
-        py = (row_tile // tiles_w)[:, None] * s + local // s
-        on_image = (px < width) & (py < height)
+    pairs = _tile_pairs(means2d, depths, radii, width, height, s)
     packed = torch.cat([means2d, conics, opacities[:, None], features], -1)
-    out = _blend(packed, torch.index_select(ids, 0, row_gauss), row_tile, px, py, on_image, segment_start,
-                 tiles_h * tiles_w)
-    if len(ids) == 0:
+    out = _blend(packed, pairs["row_ids"], pairs["row_tile"], pairs["px"], pairs["py"], pairs["on_image"],
+                 pairs["segment_start"], math.ceil(height / s) * math.ceil(width / s))
+    if len(pairs["ids"]) == 0:
         out = out + packed.sum() * 0  # an empty view still has a graph to backpropagate through
-    out = out.reshape(tiles_h, tiles_w, s, s, D + 1).permute(0, 2, 1, 3, 4).reshape(tiles_h * s, tiles_w * s, D + 1)
-    out = out[:height, :width]
+    out = _untile(out, width, height, s)
     return out[..., :D], out[..., D:]
 
 
-def _blend(packed: Tensor, row_ids: Tensor, row_tile: Tensor, px: Tensor, py: Tensor, on_image: Tensor,
-           segment_start: Tensor, n_tiles: int) -> Tensor:
-    """The differentiable part of `composite`: per (tile row, pixel slot) alpha, transmittance and weighted sums.
-    Returns [n_tiles, s*s, D + 1] (features, then alpha)."""
-    row = torch.index_select(packed, 0, row_ids)  # one gather for every pair
+def _alpha_and_log_T(row: Tensor, px: Tensor, py: Tensor, on_image: Tensor, segment_start: Tensor):
+    """Per (pair, pixel slot): alpha, log(1 - alpha) and log transmittance before the pair, as gsplat computes them.
+    `row` holds [mean2d (2), conic (3), opacity (1), ...] per pair."""
     dx = row[:, 0:1] - (px + 0.5)
     dy = row[:, 1:2] - (py + 0.5)
     sigma = 0.5 * (row[:, 2:3] * dx * dx + row[:, 4:5] * dy * dy) + row[:, 3:4] * dx * dy
@@ -177,6 +188,15 @@ def _blend(packed: Tensor, row_ids: Tensor, row_tile: Tensor, px: Tensor, py: Te
     log_keep = torch.log1p(-alpha).double()
     before = torch.cumsum(log_keep, 0) - log_keep  # exclusive running sum down all rows, per pixel slot ...
     log_T = before - torch.index_select(before, 0, segment_start)  # ... restarted at each tile: log T before a pair
+    return alpha, log_keep, log_T
+
+
+def _blend(packed: Tensor, row_ids: Tensor, row_tile: Tensor, px: Tensor, py: Tensor, on_image: Tensor,
+           segment_start: Tensor, n_tiles: int) -> Tensor:
+    """The differentiable part of `composite`: per (tile row, pixel slot) alpha, transmittance and weighted sums.
+    Returns [n_tiles, s*s, D + 1] (features, then alpha)."""
+    row = torch.index_select(packed, 0, row_ids)  # one gather for every pair
+    alpha, log_keep, log_T = _alpha_and_log_T(row, px, py, on_image, segment_start)
     included = (log_T + log_keep) > math.log(TRANSMITTANCE_STOP)  # gsplat stops before T would reach 1e-4
     weight = alpha * torch.exp(log_T).float() * included  # [rows, s*s]
     slots = px.shape[1]
@@ -184,6 +204,47 @@ def _blend(packed: Tensor, row_ids: Tensor, row_tile: Tensor, px: Tensor, py: Te
     features = features.index_add(0, row_tile, weight[..., None] * row[:, None, 6:])
     alphas = torch.zeros(n_tiles, slots, dtype=packed.dtype, device=packed.device).index_add(0, row_tile, weight)
     return torch.cat([features, alphas[..., None]], -1)
+
+
+@torch.no_grad()
+def render_surface_depth(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmat: Tensor, K: Tensor,
+                         width: int, height: int, band: tuple[float, float] = (0.01, 0.015), tile_size: int = 2
+                         ) -> tuple[Tensor, Tensor]:
+    """Depth of the first surface each pixel sees [H, W] (metres along the camera z axis), and the pixel's alpha.
+
+    Neither of gsplat's depth renders suits geometry. Expected depth (`ED`) averages every Gaussian along the ray,
+    so whatever lies behind a partly transparent surface (the floor under a table) drags it back by centimetres.
+    Median depth (the Gaussian where transmittance crosses 0.5) lands on the *front* of a surface made of several
+    semi-transparent Gaussians, whose centres scatter a few millimetres either side of it. Here: the median depth
+    locates the first surface, then the opacity-weighted mean depth of the Gaussians from `band[0]` in front of it
+    to `band[1]` behind it (weighted by alpha, not by alpha x transmittance, so the ones behind count as much as
+    the ones in front) estimates where it is. The band must stay thinner than the objects: behind a cube's top lies
+    the table, which the camera does not see there. Pixels that no Gaussian reaches (transmittance never crosses
+    0.5) get depth 0."""
+    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
+    s = tile_size
+    pairs = _tile_pairs(proj["means2d"], proj["depths"], proj["radii"], width, height, s)
+    n_tiles, slots = math.ceil(height / s) * math.ceil(width / s), s * s
+    packed = torch.cat([proj["means2d"], proj["conics"], proj["opacities"][:, None], proj["depths"][:, None]], -1)
+    row = torch.index_select(packed, 0, pairs["row_ids"])
+    alpha, log_keep, log_T = _alpha_and_log_T(row, pairs["px"], pairs["py"], pairs["on_image"], pairs["segment_start"])
+    included = (log_T + log_keep) > math.log(TRANSMITTANCE_STOP)
+    weight = alpha * torch.exp(log_T).float() * included
+    depth, tile = row[:, 6:7], pairs["row_tile"]
+    half = math.log(0.5)
+    crossing = ((log_T >= half) & (log_T + log_keep < half) & included).to(depth.dtype)  # one pair per pixel at most
+
+    def per_pixel(values: Tensor) -> Tensor:
+        return torch.zeros(n_tiles, slots, dtype=values.dtype, device=values.device).index_add(0, tile, values)
+
+    median = per_pixel(crossing * depth)
+    offset = depth - torch.index_select(median, 0, tile)
+    near = (offset > -band[0]) & (offset < band[1]) & (alpha > 0)
+    near_alpha = alpha * near
+    surface = per_pixel(near_alpha * depth) / per_pixel(near_alpha).clamp(min=1e-12)
+    surface = torch.where(median > 0, surface, torch.zeros_like(surface))
+    out = _untile(torch.stack([surface, per_pixel(weight)], -1), width, height, s)
+    return out[..., 0], out[..., 1]
 
 
 def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,

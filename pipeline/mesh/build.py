@@ -1,0 +1,329 @@
+"""Stage `collision_mesh`: the splat becomes simulation-ready collision geometry.
+
+Framework-free. Depth rendered from the splat at every capture view (the training rasterizer's math) is fused in an
+Open3D TSDF; the mesh is cropped to the workspace, stripped of the robot (posed at the capture's joint state; the
+twin takes the robot from its own USD), cleaned and decimated. RANSAC finds the support plane; what stands on it is
+clustered into objects, each closed into a solid and decomposed into convex hulls by CoACD; the support becomes a
+box. Where the capture has ground-truth depth (the sim source) the mesh is scored against it (Chamfer, mm).
+
+Writes to `out_dir`:
+  scene_visual.obj   the cleaned mesh (robot base frame, metres)
+  hulls/*.obj        convex hulls, `<part>_<k>.obj`
+  scene.json         the parts: name, role (support | object), hull files, bounding box, size, volume, mass
+  metrics.json       Chamfer to ground truth, counts, gate inputs, timings
+  preview.png        the hulls drawn over capture photos, and a 3D view
+  mesh_config.json   the recipe section and the md5s of the splat and capture it was made from
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import replace_dir, staging_dir
+from pipeline.capture import Capture
+from pipeline.config import MeshConfig, Recipe
+from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
+                                  render_depths, robot_surface_points)
+from pipeline.mesh.segment import cluster_objects, fit_support_plane, height_field_solid, support_box
+from pipeline.mesh.truth import chamfer_mm, ground_truth_objects, load_scene_state, reference_points
+from pipeline.ply import PlyError
+from pipeline.splat.gaussians import load_ply
+from pipeline.splat.train import capture_md5
+
+SUPPORT_NAME = "table"
+
+
+def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, workcell_xml: Path, out_dir: Path,
+                         device: str = "auto", log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Reconstruct, split, decompose and export; returns the metrics (also in `out_dir/metrics.json`)."""
+    cfg = recipe.mesh
+    t0 = time.perf_counter()
+    capture = Capture.load(capture_dir)
+    splat = _load_splat(Path(splat_dir) / "splat.ply")
+    torch_device = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+    scene_state = load_scene_state(capture_dir)
+    robot = _robot_points(cfg, scene_state, workcell_xml) if cfg.remove_robot else None
+
+    log(f"rendering the splat's surface depth at {len(capture.frames)} capture views on {torch_device.type}")
+    bar = _bar(len(capture.frames), "depth", progress)
+    depths = render_depths(splat, capture, cfg, torch_device, progress=lambda i, n: bar.update(1))
+    bar.close()
+    t_render = time.perf_counter() - t0
+    mesh = fuse_tsdf(capture, depths, cfg)
+    raw_triangles = len(mesh.triangles)
+    vertices = np.asarray(mesh.vertices)
+    drop = ~in_workspace(vertices, cfg)
+    if robot is not None:
+        drop |= near(vertices, robot, cfg.robot_clearance_m)
+    mesh = clean_mesh(remove_vertices(mesh, drop), cfg)
+    if len(mesh.triangles) == 0:
+        raise MeshError(f"the splat gives no surface inside the workspace {cfg.workspace_min}..{cfg.workspace_max} "
+                        f"({raw_triangles} triangles fused before cropping): is the splat empty or transparent, "
+                        "or the workspace wrong?")
+    log(f"TSDF ({1000 * cfg.voxel_m:.1f} mm voxels): {raw_triangles} triangles, {len(mesh.triangles)} after "
+        "cropping, removing the robot, cleaning and decimation")
+    points = _surface_samples(mesh, spacing=cfg.voxel_m / 2)
+
+    plane, on_plane = fit_support_plane(points, cfg, seed=cfg.coacd_seed)
+    log(f"support plane: height {1000 * -plane.offset / plane.normal[2]:.1f} mm at the origin, tilt "
+        f"{plane.tilt_deg:.2f} deg, {100 * plane.inlier_fraction:.0f} % of the surface")
+    clusters = cluster_objects(points, plane, points[on_plane], cfg)
+    if robot is not None:
+        # what the robot cut left of its outline (the splat blurs its silhouette) touches the cut: not an object
+        residue = [c for c in clusters if near(points[c], robot, cfg.robot_clearance_m + cfg.cluster_eps_m).any()]
+        clusters = [c for c in clusters if not any(c is r for r in residue)]
+        if residue:
+            log(f"{len(residue)} cluster(s) next to the robot dropped as robot residue")
+    log(f"{len(clusters)} object(s) on the support")
+
+    truth_objects = ground_truth_objects(workcell_xml, scene_state) if scene_state and Path(workcell_xml).is_file() \
+        else None
+    parts = [{"name": SUPPORT_NAME, "role": "support", "solid": support_box(plane, points[on_plane],
+                                                                               cfg.support_thickness_m), "size": None}]
+    for k, cluster in enumerate(clusters):
+        solid, size = height_field_solid(points[cluster], points, plane, cfg.solid_cell_m)
+        parts.append({"name": f"object_{k}", "role": "object", "solid": solid, "size": size})
+    _name_objects(parts, truth_objects)
+
+    staging = staging_dir(Path(out_dir))
+    (staging / "hulls").mkdir(parents=True)
+    import coacd
+
+    coacd.set_log_level("error")
+    bar = _bar(len(parts), "CoACD", progress)
+    for part in parts:
+        part["hulls"] = [part["solid"]] if part["role"] == "support" else _decompose(part["solid"], cfg)
+        part["hull_files"] = []
+        for i, hull in enumerate(part["hulls"]):
+            name = f"hulls/{part['name']}_{i}.obj"
+            hull.export(staging / name)
+            part["hull_files"].append(name)
+        bar.update(1)
+    bar.close()
+    mesh_trimesh = _to_trimesh(mesh)
+    mesh_trimesh.export(staging / "scene_visual.obj")
+
+    hull_checks = check_hulls(staging)
+    scene = _scene_json(parts, plane, cfg, truth_objects)
+    (staging / "scene.json").write_text(json.dumps(scene, indent=2))
+    accuracy = None
+    reference = reference_points(capture, cfg, robot)
+    if reference is not None and len(reference):
+        accuracy = chamfer_mm(points, reference)
+        log(f"Chamfer distance to the capture's ground-truth depth: {accuracy['chamfer_mm']:.2f} mm")
+    objects = [p for p in scene["parts"] if p["role"] == "object"]
+    metrics = {
+        "parts": len(scene["parts"]), "objects_found": len(objects), "objects_expected": cfg.expected_objects,
+        "object_names": [p["name"] for p in objects],
+        "hulls": sum(len(p["hulls"]) for p in scene["parts"]),
+        "hulls_per_part": {p["name"]: len(p["hulls"]) for p in scene["parts"]},
+        "max_hulls_per_object": cfg.max_hulls_per_object, "max_hulls": cfg.max_hulls,
+        "hulls_failing": [c for c in hull_checks if not c["ok"]],
+        "support_height_mm": round(1000 * float(plane.origin[2]), 2), "support_tilt_deg": round(plane.tilt_deg, 3),
+        "support_inlier_fraction": round(plane.inlier_fraction, 3),
+        "visual_triangles": len(mesh.triangles), "fused_triangles": raw_triangles,
+        **({k: round(v, 3) for k, v in accuracy.items()} if accuracy else {"chamfer_mm": None}),
+        "max_chamfer_mm": cfg.max_chamfer_mm, "ground_truth": "capture depth" if accuracy else None,
+        "render_seconds": round(t_render, 1), "seconds": round(time.perf_counter() - t0, 1),
+        "device": torch_device.type, "views": len(capture.frames),
+    }
+    _preview(capture, scene, staging, staging / "preview.png")
+    (staging / "mesh_config.json").write_text(json.dumps(
+        {"mesh": cfg.model_dump(mode="json"), "capture_md5": capture_md5(capture),
+         "splat_md5": _file_md5(Path(splat_dir) / "splat.ply"), "robot_joint_positions_rad":
+         None if robot is None else _robot_joints(cfg, scene_state)}, indent=2))
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    replace_dir(staging, Path(out_dir))
+    return metrics
+
+
+def _load_splat(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise MeshError(f"no splat at {path}: materialize `gaussian_splat` first")
+    try:
+        splat = load_ply(path)
+    except (PlyError, KeyError, ValueError) as exc:
+        raise MeshError(f"{path}: not a readable 3DGS PLY: {exc}") from exc
+    if len(splat["means"]) == 0:
+        raise MeshError(f"{path}: the splat holds no Gaussians, so there is no surface to mesh")
+    return splat
+
+
+def _robot_joints(cfg: MeshConfig, scene_state: dict | None) -> list[float]:
+    if scene_state and scene_state.get("joint_positions_rad") is not None:
+        return list(scene_state["joint_positions_rad"])
+    if cfg.robot_joint_positions_rad is not None:
+        return list(cfg.robot_joint_positions_rad)
+    raise MeshError("the capture has no robot joint state (scene_state.json), so the robot cannot be cut out of the "
+                    "mesh: set mesh.robot_joint_positions_rad to the arm's pose during the capture (radians, SO-101 "
+                    "joint order), or mesh.remove_robot: false if the robot is not in the pictures")
+
+
+def _robot_points(cfg: MeshConfig, scene_state: dict | None, workcell_xml: Path) -> np.ndarray:
+    joints = _robot_joints(cfg, scene_state)
+    if not Path(workcell_xml).is_file():
+        raise MeshError(f"no robot model at {workcell_xml} to cut the robot out with: materialize `sim_workcell`")
+    return robot_surface_points(workcell_xml, joints)
+
+
+def _surface_samples(mesh, spacing: float) -> np.ndarray:
+    """Evenly spread points on the mesh (about one per spacing²), seeded, plus its vertices."""
+    import open3d as o3d
+
+    o3d.utility.random.seed(0)
+    count = int(min(max(mesh.get_surface_area() / spacing**2, 1000), 400_000))
+    return np.concatenate([np.asarray(mesh.sample_points_uniformly(count).points), np.asarray(mesh.vertices)])
+
+
+def _decompose(solid, cfg: MeshConfig) -> list:
+    """CoACD convex decomposition (no cap on the count: the hull-count gate judges it), each piece re-hulled so it
+    is exactly convex and closed; sub-voxel slivers dropped."""
+    import coacd
+    import trimesh
+
+    pieces = coacd.run_coacd(coacd.Mesh(np.asarray(solid.vertices), np.asarray(solid.faces)),
+                             threshold=cfg.coacd_threshold, max_convex_hull=-1, seed=cfg.coacd_seed,
+                             mcts_iterations=cfg.coacd_mcts_iterations)
+    # vertices snapped to 0.1 mm (far below what the capture resolves): CoACD's pieces have nearly coplanar faces
+    # that rounding in the OBJ text would otherwise turn slightly reflex
+    hulls = [trimesh.Trimesh(np.round(np.asarray(v) / 1e-4) * 1e-4, f).convex_hull for v, f in pieces]
+    # slivers smaller than one TSDF voxel are below what the reconstruction resolves (and numerically flat)
+    return [h for h in hulls if h.volume > cfg.voxel_m**3] or hulls
+
+
+def check_hulls(mesh_dir: Path) -> list[dict]:
+    """Each hull file as trimesh reads it back: watertight, convex, positive volume."""
+    import trimesh
+
+    results = []
+    for path in sorted((Path(mesh_dir) / "hulls").glob("*.obj")):
+        hull = trimesh.load(path, force="mesh", process=True)
+        watertight, convex, volume = bool(hull.is_watertight), bool(hull.is_convex), float(hull.volume)
+        results.append({"file": f"hulls/{path.name}", "watertight": watertight, "convex": convex,
+                        "volume_m3": volume, "ok": watertight and convex and volume > 0})
+    return results
+
+
+def _name_objects(parts: list[dict], truth: list[dict] | None) -> None:
+    """Found objects take the name of the ground-truth object whose footprint holds their centre (sim captures);
+    the others keep `object_<k>`."""
+    if not truth:
+        return
+    taken = set()
+    for part in parts:
+        if part["role"] != "object":
+            continue
+        centre = part["solid"].bounds.mean(0)
+        for obj in truth:
+            lo, hi = np.array(obj["bbox_min"]), np.array(obj["bbox_max"])
+            if obj["name"] not in taken and np.all(centre[:2] >= lo[:2]) and np.all(centre[:2] <= hi[:2]):
+                part["name"] = obj["name"]
+                taken.add(obj["name"])
+                break
+
+
+def _scene_json(parts: list[dict], plane, cfg: MeshConfig, truth: list[dict] | None) -> dict:
+    out = []
+    for part in parts:
+        solid = part["solid"]
+        lo, hi = solid.bounds
+        volume = float(solid.volume)
+        entry = {"name": part["name"], "role": part["role"], "hulls": part["hull_files"],
+                 "bbox_min": lo.tolist(), "bbox_max": hi.tolist(), "centre": ((lo + hi) / 2).tolist(),
+                 "volume_m3": volume,
+                 "hull_volume_m3": float(sum(h.volume for h in part["hulls"])),
+                 "mass_kg": None if part["role"] == "support" else volume * cfg.object_density_kg_m3,
+                 "static": part["role"] == "support"}
+        if part["size"] is not None:
+            entry["size_m"], entry["yaw_deg"] = part["size"]["size_m"], part["size"]["yaw_deg"]
+        match = next((t for t in truth or [] if t["name"] == part["name"]), None)
+        if match is not None:
+            true_size = np.array(match["bbox_max"]) - np.array(match["bbox_min"])
+            entry["ground_truth"] = {"centre": match["centre"], "aabb_size_m": true_size.tolist(),
+                                     "centre_error_mm": 1000 * float(np.linalg.norm(
+                                         np.array(entry["centre"]) - np.array(match["centre"])))}
+        out.append(entry)
+    return {"frame": "robot base: metres, z up", "support_plane": {
+        "normal": plane.normal.tolist(), "offset": float(plane.offset), "tilt_deg": plane.tilt_deg},
+        "density_kg_m3": cfg.object_density_kg_m3, "parts": out}
+
+
+def _to_trimesh(mesh):
+    import trimesh
+
+    colors = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8) if mesh.has_vertex_colors() else None
+    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), vertex_colors=colors, process=False)
+
+
+def _file_md5(path: Path) -> str:
+    from pipeline.sim.build import file_md5
+
+    return file_md5(path)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+_PART_COLOURS = ("#8c8c8c", "#e6194b", "#4363d8", "#3cb44b", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
+
+
+def _preview(capture: Capture, scene: dict, mesh_dir: Path, path: Path, views: int = 2) -> None:
+    """The hulls drawn over capture photos (painter's algorithm: far triangles first) and a 3D view of them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import trimesh
+    from matplotlib.collections import PolyCollection
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    hulls = [(i, trimesh.load(mesh_dir / f, force="mesh")) for i, part in enumerate(scene["parts"])
+             for f in part["hulls"]]
+    picks = np.linspace(0, len(capture.frames) - 1, views + 1)[:-1].round().astype(int)
+    fig = plt.figure(figsize=(4.2 * (views + 1), 3.6))
+    for n, index in enumerate(picks):
+        ax = fig.add_subplot(1, views + 1, n + 1)
+        ax.imshow(capture.image(index))
+        viewmat, K = capture.frames[index].viewmat(), capture.K
+        polys, colours, depth = [], [], []
+        for part_index, hull in hulls:
+            cam = hull.vertices @ viewmat[:3, :3].T + viewmat[:3, 3]
+            if np.any(cam[:, 2] <= 0.01):
+                continue
+            pix = cam[:, :2] / cam[:, 2:] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]] - 0.5
+            tri = hull.faces
+            polys.extend(pix[tri])
+            depth.extend(cam[tri, 2].mean(1))
+            colours.extend([_PART_COLOURS[part_index % len(_PART_COLOURS)]] * len(tri))
+        order = np.argsort(depth)[::-1]
+        ax.add_collection(PolyCollection([polys[i] for i in order], facecolors=[colours[i] for i in order],
+                                         edgecolors="black", linewidths=0.1, alpha=0.45))
+        ax.set_xlim(0, capture.width), ax.set_ylim(capture.height, 0), ax.axis("off")
+        ax.set_title(f"capture view {index}: hulls over the photo", fontsize=8)
+    ax = fig.add_subplot(1, views + 1, views + 1, projection="3d")
+    for part_index, hull in hulls:
+        ax.add_collection3d(Poly3DCollection(hull.vertices[hull.faces], alpha=0.6, linewidths=0.1, edgecolor="k",
+                                             facecolor=_PART_COLOURS[part_index % len(_PART_COLOURS)]))
+    lo = np.min([h.bounds[0] for _, h in hulls], 0)
+    hi = np.max([h.bounds[1] for _, h in hulls], 0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+    ax.set_xlim(centre[0] - half, centre[0] + half), ax.set_ylim(centre[1] - half, centre[1] + half)
+    ax.set_zlim(lo[2], lo[2] + 2 * half * 0.5)
+    ax.set_box_aspect((1, 1, 0.5))
+    ax.set_xlabel("x (m)", fontsize=7), ax.set_ylabel("y (m)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    names = ", ".join(f"{p['name']} ({len(p['hulls'])})" for p in scene["parts"])
+    ax.set_title(f"hulls per part: {names}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
