@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.config import RecipeError, load_recipe
 
 STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
-              "scene_capture": "data/capture", "gaussian_splat": "models/splat"}
+              "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh"}
 RUNS_DIR = "runs"
 
 
@@ -82,6 +82,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"check failed: held-out PSNR {metrics['holdout_psnr_db']:.2f} dB < "
                   f"{metrics['min_holdout_psnr_db']} dB", file=sys.stderr)
             return 1
+    elif args.stage == "collision_mesh":
+        from pipeline.capture import CaptureError
+        from pipeline.mesh.build import build_collision_mesh
+        from pipeline.mesh.fusion import MeshError
+
+        try:
+            metrics = build_collision_mesh(recipe, Path(STAGE_DIRS["scene_capture"]), Path(STAGE_DIRS["gaussian_splat"]),
+                                           Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml",
+                                           Path(STAGE_DIRS["collision_mesh"]), device=args.device)
+        except (MeshError, CaptureError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(metrics, indent=2))
+        failed = [f"{len(metrics['hulls_failing'])} hull(s) not closed/convex"] if metrics["hulls_failing"] else []
+        failed += metrics["hull_count_problems"]
+        if metrics["chamfer_mm"] is not None and metrics["chamfer_mm"] > metrics["max_chamfer_mm"]:
+            failed.append(f"Chamfer {metrics['chamfer_mm']:.2f} mm > {metrics['max_chamfer_mm']} mm")
+        if metrics["objects_expected"] is not None and metrics["objects_found"] != metrics["objects_expected"]:
+            failed.append(f"found {metrics['objects_found']} objects, expected {metrics['objects_expected']}")
+        for message in failed:
+            print(f"check failed: {message}", file=sys.stderr)
+        return 1 if failed else 0
     return 0
 
 

@@ -325,8 +325,9 @@ class MeshConfig(_Section):
     surface_band_front_m: Positive = 0.005
     surface_band_back_m: Positive = 0.015
     max_depth_m: Positive = 1.5
+    depth_edge_m: Positive = 0.01  # pixels beside a larger depth jump are silhouettes: not fused
     voxel_m: Positive = 0.003  # TSDF voxel; the truncation is `trunc_voxels` voxels
-    trunc_voxels: Annotated[float, Field(ge=1)] = 4.0
+    trunc_voxels: Annotated[float, Field(ge=1)] = 3.0  # wider truncation widens objects' edges
     # the region to reconstruct, robot base frame (the default: the table top and what stands on it, not the floor)
     workspace_min: Vec3 = (-0.15, -0.45, -0.05)
     workspace_max: Vec3 = (0.6, 0.45, 0.4)
@@ -342,15 +343,18 @@ class MeshConfig(_Section):
     plane_ransac_iterations: Annotated[int, Field(ge=10)] = 2000
     plane_min_inlier_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
     plane_max_tilt_deg: Annotated[float, Field(gt=0, le=90)] = 15.0  # a support must be roughly horizontal
-    object_min_height_m: Positive = 0.01  # points higher above the plane outline objects (lower: bumps, noise)
+    # points higher above the plane outline objects; lower bumps are noise (near the edges of the table the default
+    # capture reconstructs ridges up to ~1 cm high)
+    object_min_height_m: Positive = 0.012
     # footprints closer than this are one object: a thin bin wall reconstructs in pieces
     cluster_eps_m: Positive = 0.03
-    min_object_area_m2: Positive = 2e-4  # smaller footprints (under ~1.4 cm square) are noise
+    min_object_area_m2: Positive = 1e-4  # smaller footprints (under 1 cm square) are noise
     # objects become height-field solids on cells of this size: about what one capture pixel covers at 0.7 m
     solid_cell_m: Positive = 0.006
     support_thickness_m: Positive = 0.02  # the support becomes a box this thick under the plane
     # convex decomposition (CoACD) and physics
-    coacd_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1  # concavity; lower = more, tighter hulls
+    convex_fill: Annotated[float, Field(gt=0, le=1)] = 0.8  # a solid filling this much of its hull is one hull
+    coacd_threshold: Annotated[float, Field(gt=0, le=1)] = 0.15  # concavity; lower = more, tighter hulls
     coacd_seed: int = 0
     coacd_mcts_iterations: Annotated[int, Field(ge=1)] = 60  # CoACD's default 150; fewer is faster
     max_hulls_per_object: Annotated[int, Field(ge=1)] = 16

@@ -126,6 +126,7 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         "hulls_per_part": {p["name"]: len(p["hulls"]) for p in scene["parts"]},
         "max_hulls_per_object": cfg.max_hulls_per_object, "max_hulls": cfg.max_hulls,
         "hulls_failing": [c for c in hull_checks if not c["ok"]],
+        "hull_count_problems": hull_count_problems(scene, cfg.max_hulls_per_object, cfg.max_hulls),
         "support_height_mm": round(1000 * float(plane.origin[2]), 2), "support_tilt_deg": round(plane.tilt_deg, 3),
         "support_inlier_fraction": round(plane.inlier_fraction, 3),
         "visual_triangles": len(mesh.triangles), "fused_triangles": raw_triangles,
@@ -183,18 +184,22 @@ def _surface_samples(mesh, spacing: float) -> np.ndarray:
 
 
 def _decompose(solid, cfg: MeshConfig) -> list:
-    """CoACD convex decomposition (no cap on the count: the hull-count gate judges it), each piece re-hulled so it
-    is exactly convex and closed; sub-voxel slivers dropped."""
+    """Convex hulls of one object's solid. A solid that fills at least `convex_fill` of its own convex hull is one
+    hull (a box: the reconstruction's voxel steps would otherwise read as concavities); any other goes through CoACD
+    (no cap on the count: the hull-count gate judges it), each piece re-hulled so it is exactly convex and closed,
+    sub-voxel slivers dropped."""
     import coacd
     import trimesh
 
-    pieces = coacd.run_coacd(coacd.Mesh(np.asarray(solid.vertices), np.asarray(solid.faces)),
-                             threshold=cfg.coacd_threshold, max_convex_hull=-1, seed=cfg.coacd_seed,
-                             mcts_iterations=cfg.coacd_mcts_iterations)
+    if solid.volume >= cfg.convex_fill * solid.convex_hull.volume:
+        pieces = [(solid.vertices, solid.faces)]
+    else:
+        pieces = coacd.run_coacd(coacd.Mesh(np.asarray(solid.vertices), np.asarray(solid.faces)),
+                                 threshold=cfg.coacd_threshold, max_convex_hull=-1, seed=cfg.coacd_seed,
+                                 mcts_iterations=cfg.coacd_mcts_iterations)
     # vertices snapped to 0.1 mm (far below what the capture resolves): CoACD's pieces have nearly coplanar faces
     # that rounding in the OBJ text would otherwise turn slightly reflex
     hulls = [trimesh.Trimesh(np.round(np.asarray(v) / 1e-4) * 1e-4, f).convex_hull for v, f in pieces]
-    # slivers smaller than one TSDF voxel are below what the reconstruction resolves (and numerically flat)
     return [h for h in hulls if h.volume > cfg.voxel_m**3] or hulls
 
 
@@ -209,6 +214,16 @@ def check_hulls(mesh_dir: Path) -> list[dict]:
         results.append({"file": f"hulls/{path.name}", "watertight": watertight, "convex": convex,
                         "volume_m3": volume, "ok": watertight and convex and volume > 0})
     return results
+
+
+def hull_count_problems(scene: dict, max_per_object: int, max_total: int) -> list[str]:
+    """What breaks the hull-count bounds: a part without hulls, an object over `max_per_object`, a scene over
+    `max_total` (many hulls mean a noisy reconstruction, and slow contacts)."""
+    problems = [f"{p['name']} has no hull" for p in scene["parts"] if not p["hulls"]]
+    problems += [f"{p['name']}: {len(p['hulls'])} hulls > {max_per_object}" for p in scene["parts"]
+                 if p["role"] == "object" and len(p["hulls"]) > max_per_object]
+    total = sum(len(p["hulls"]) for p in scene["parts"])
+    return problems + ([f"{total} hulls in all > {max_total}"] if total > max_total else [])
 
 
 def _name_objects(parts: list[dict], truth: list[dict] | None) -> None:

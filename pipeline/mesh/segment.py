@@ -212,6 +212,8 @@ def voxel_surface(occupancy: np.ndarray, cell: float):
 
 
 def _oriented_size(local: np.ndarray, height: float) -> dict:
-    centre, size, angle = footprint_rectangle(local[:, :2], trim=0.0)
-    return {"size_m": [float(size[0]), float(size[1]), float(height)], "yaw_deg": math.degrees(angle),
-            "centre_plane_xy": centre.tolist()}
+    """Footprint (minimum-area rectangle) and height of an object from its points in the plane frame. The footprint
+    is taken over the upper half, 1 % trimmed: TSDF fusion flares the foot of vertical walls outwards."""
+    upper = local[local[:, 2] > height / 2]
+    _, size, angle = footprint_rectangle((upper if len(upper) >= 10 else local)[:, :2], trim=0.01)
+    return {"size_m": [float(size[0]), float(size[1]), float(height)], "yaw_deg": math.degrees(angle)}

@@ -47,7 +47,7 @@ def init_from_points(xyz: np.ndarray, rgb: np.ndarray, sh_degree: int, init_opac
 def save_ply(path: str | Path, params: dict[str, torch.Tensor]) -> Path:
     p = {k: v.detach().cpu().float().numpy() for k, v in params.items()}
     n = len(p["means"])
-    rest = p["shN"].transpose(0, 2, 1).reshape(n, -1)  # [N, 3, K-1] flattened: channel-major, as INRIA writes it
+    rest = p["shN"].transpose(0, 2, 1).reshape(n, 3 * p["shN"].shape[1])  # [N, 3, K-1] flattened: channel-major, as INRIA writes it
     columns = {"x": p["means"][:, 0], "y": p["means"][:, 1], "z": p["means"][:, 2]}
     columns.update({f"n{a}": np.zeros(n, np.float32) for a in "xyz"})
     columns.update({f"f_dc_{i}": p["sh0"][:, 0, i] for i in range(3)})

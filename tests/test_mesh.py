@@ -1,0 +1,218 @@
+"""Stage `collision_mesh`: surface depth, plane/object segmentation, solids and hulls, and the whole stage on a
+synthetic splat whose geometry is known exactly (a table top at 5 cm and a 3 cm cube standing on it)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import MeshConfig, Recipe
+from pipeline.splat.rasterize import rasterize_torch, render_surface_depth
+
+TABLE_Z, CUBE = 0.05, 0.03
+CUBE_XY = (0.22, 0.04)
+
+
+def _disc_quat(normal: str) -> list[float]:
+    """(w, x, y, z) turning a disc's thin local z axis onto the face normal's axis."""
+    h = math.sqrt(0.5)
+    return {"z": [1.0, 0, 0, 0], "x": [h, 0, h, 0], "y": [h, h, 0, 0]}[normal]
+
+
+def _surface_gaussians(with_table: bool = True, with_cube: bool = True, wall: bool = False,
+                       opacity: float = 0.99) -> dict[str, torch.Tensor]:
+    """Flat opaque discs tiling a table top and the five visible faces of a cube (or a vertical wall)."""
+    means, quats = [], []
+
+    def tile(points, normal):
+        means.extend(points)
+        quats.extend([_disc_quat(normal)] * len(points))
+
+    g = np.arange(0.0, 0.4, 0.004)
+    if with_table:
+        tile([(0.0 + x, -0.2 + y, TABLE_Z) for x in g for y in g], "z")
+    if wall:
+        tile([(0.3, -0.2 + y, TABLE_Z + z) for y in g for z in g[:50]], "x")
+    if with_cube:
+        c = np.arange(0.0015, CUBE, 0.003)
+        x0, y0, z0 = CUBE_XY[0] - CUBE / 2, CUBE_XY[1] - CUBE / 2, TABLE_Z
+        tile([(x0 + a, y0 + b, z0 + CUBE) for a in c for b in c], "z")
+        for x in (x0, x0 + CUBE):
+            tile([(x, y0 + a, z0 + b) for a in c for b in c], "x")
+        for y in (y0, y0 + CUBE):
+            tile([(x0 + a, y, z0 + b) for a in c for b in c], "y")
+    n = len(means)
+    scales = np.tile([math.log(0.0025), math.log(0.0025), math.log(0.0003)], (n, 1))
+    rgb = np.where(np.asarray(means)[:, 2:3] > TABLE_Z + 0.001, [0.8, 0.1, 0.1], [0.7, 0.55, 0.4])
+    return {"means": torch.tensor(means, dtype=torch.float32), "quats": torch.tensor(quats, dtype=torch.float32),
+            "scales": torch.tensor(scales, dtype=torch.float32),
+            "opacities": torch.full((n,), math.log(opacity / (1 - opacity)), dtype=torch.float32),
+            "sh0": torch.tensor((rgb - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None, :],
+            "shN": torch.zeros(n, 0, 3)}
+
+
+def _write_scene(root, splat: dict[str, torch.Tensor], views: int = 24, width: int = 160, height: int = 120):
+    """A capture (orbit cameras, photos rendered from the splat) and the splat PLY, as the stage reads them."""
+    from PIL import Image
+
+    from pipeline.capture import orbit_viewpoints, pinhole_K, write_transforms
+    from pipeline.splat.gaussians import save_ply
+
+    cfg = Recipe().capture.model_copy(update={"views": views, "look_at": (0.2, 0.0, 0.07),
+                                             "width": width, "height": height})
+    K = pinhole_K(cfg.width, cfg.height, cfg.fovy_deg)
+    capture, splat_dir = root / "capture", root / "splat"
+    (capture / "images").mkdir(parents=True)
+    splat_dir.mkdir()
+    frames = []
+    for i, c2w in enumerate(orbit_viewpoints(cfg)):
+        viewmat = torch.tensor(np.linalg.inv(c2w @ np.diag([1.0, -1.0, -1.0, 1.0])), dtype=torch.float32)
+        if len(splat["means"]):
+            image, _, _ = rasterize_torch(splat["means"], splat["quats"], torch.exp(splat["scales"]),
+                                          torch.sigmoid(splat["opacities"]), splat["sh0"][:, 0] * 0.28209479177387814
+                                          + 0.5, viewmat[None], torch.tensor(K, dtype=torch.float32)[None],
+                                          cfg.width, cfg.height)
+            pixels = (image[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        else:
+            pixels = np.zeros((cfg.height, cfg.width, 3), np.uint8)
+        Image.fromarray(pixels).save(capture / f"images/{i}.png")
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w})
+    write_transforms(capture, cfg.width, cfg.height, K, frames)
+    save_ply(splat_dir / "splat.ply", splat)
+    return capture, splat_dir
+
+
+def _recipe(**mesh) -> Recipe:
+    return Recipe().model_copy(update={"mesh": MeshConfig(remove_robot=False, **mesh)})
+
+
+def _build(tmp_path, splat, size=(160, 120), **mesh):
+    from pipeline.mesh.build import build_collision_mesh
+
+    capture, splat_dir = _write_scene(tmp_path, splat, width=size[0], height=size[1])
+    return build_collision_mesh(_recipe(**mesh), capture, splat_dir, tmp_path / "no_workcell.xml",
+                                tmp_path / "mesh", device="cpu", log=lambda *_: None, progress=False)
+
+
+def test_synthetic_scene_recovers_plane_height_and_cube_size(tmp_path):
+    import trimesh
+
+    from pipeline.mesh.build import check_hulls
+
+    # 320x240 views and a 2-voxel truncation: TSDF truncation widens edges seen at a grazing angle by up to about
+    # its width, the default capture's pixels are ~6 mm at 0.7 m
+    metrics = _build(tmp_path, _surface_gaussians(), size=(320, 240), trunc_voxels=2, expected_objects=1)
+    out = tmp_path / "mesh"
+    assert abs(metrics["support_height_mm"] - 1000 * TABLE_Z) < 1.5
+    assert metrics["support_tilt_deg"] < 0.5
+    assert metrics["objects_found"] == 1 and metrics["chamfer_mm"] is None  # no ground-truth depth here
+    scene = json.loads((out / "scene.json").read_text())
+    table, cube = scene["parts"]
+    assert (table["role"], cube["role"]) == ("support", "object") and table["mass_kg"] is None
+    # the table box spans the tiled 0.4 m square; its top is the plane
+    assert np.allclose(np.array(table["bbox_max"][:2]) - table["bbox_min"][:2], 0.4, atol=0.02)
+    assert abs(table["bbox_max"][2] - TABLE_Z) < 0.002
+    # the cube: footprint within 5 mm, height within 3 mm; centred where it stands; one hull (a box is convex)
+    assert np.allclose(sorted(cube["size_m"][:2]), [CUBE, CUBE], atol=0.005), cube["size_m"]
+    assert abs(cube["size_m"][2] - CUBE) < 0.003, cube["size_m"]
+    assert len(cube["hulls"]) == 1
+    assert np.allclose(cube["centre"][:2], CUBE_XY, atol=0.004)
+    assert cube["mass_kg"] == pytest.approx(cube["volume_m3"] * 960.0)
+    assert 0.6 * CUBE**3 < cube["volume_m3"] < 1.6 * CUBE**3
+    # every hull file is closed, convex, of positive volume; scene.json names exactly the files on disk
+    checks = check_hulls(out)
+    assert checks and all(c["ok"] for c in checks)
+    listed = sorted(f for part in scene["parts"] for f in part["hulls"])
+    assert listed == sorted(c["file"] for c in checks)
+    visual = trimesh.load(out / "scene_visual.obj", force="mesh")
+    assert len(visual.faces) > 1000 and visual.bounds[1][2] < TABLE_Z + CUBE + 0.01
+    assert (out / "preview.png").stat().st_size > 10_000
+    config = json.loads((out / "mesh_config.json").read_text())
+    assert config["mesh"]["expected_objects"] == 1 and len(config["splat_md5"]) == 32
+
+
+def test_empty_or_transparent_splat_fails_clearly(tmp_path):
+    from pipeline.mesh.fusion import MeshError
+
+    empty = {k: v[:0] for k, v in _surface_gaussians().items()}
+    with pytest.raises(MeshError, match="holds no Gaussians"):
+        _build(tmp_path / "empty", empty)
+    with pytest.raises(MeshError, match="no surface inside the workspace"):
+        _build(tmp_path / "faint", _surface_gaussians(opacity=0.001))
+
+
+def test_splat_without_a_support_plane_fails_clearly(tmp_path):
+    from pipeline.mesh.fusion import MeshError
+
+    # a vertical wall and a cube, nothing horizontal to stand on
+    with pytest.raises(MeshError, match=r"no support plane.*planes found: 8\d deg tilt"):
+        _build(tmp_path, _surface_gaussians(with_table=False, wall=True))
+    assert not (tmp_path / "mesh").exists()  # nothing half-written
+
+
+def test_surface_depth_finds_the_front_surface_not_the_average():
+    """Two parallel layers of faint discs 10 cm apart: expected depth lands between them, the surface depth on the
+    front one."""
+    n = 30
+    g = torch.linspace(-0.1, 0.1, n)
+    xy = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    front = torch.cat([xy, torch.full((len(xy), 1), 0.5)], 1)
+    means = torch.cat([front, front + torch.tensor([0, 0, 0.1])])
+    m = len(means)
+    quats, scales = torch.tensor([[1.0, 0, 0, 0]] * m), torch.tensor([[0.006, 0.006, 0.0003]] * m)
+    opacities = torch.full((m,), 0.15)
+    K = torch.tensor([[80.0, 0, 32], [0, 80.0, 24], [0, 0, 1]])
+    viewmat = torch.eye(4)
+    depth, alpha = render_surface_depth(means, quats, scales, opacities, viewmat, K, 64, 48)
+    centre = depth[16:32, 24:40]
+    assert torch.all((centre - 0.5).abs() < 0.002), centre
+    assert float(alpha[24, 32]) > 0.8
+    image, _, _ = rasterize_torch(means, quats, scales, opacities, torch.zeros(m, 3), viewmat[None], K[None], 64, 48,
+                                  render_mode="RGB+ED")
+    assert float(image[0, 24, 32, 3]) > 0.52  # gsplat's expected depth is pulled towards the back layer
+    # where no Gaussian reaches, no depth
+    far = torch.eye(4)
+    far[0, 3] = 5.0
+    depth, alpha = render_surface_depth(means, quats, scales, opacities, far, K, 64, 48)
+    assert float(depth.abs().max()) == 0.0 and float(alpha.max()) == 0.0
+
+
+def test_voxel_surface_is_closed_with_the_right_volume():
+    from pipeline.mesh.segment import voxel_surface
+
+    occupancy = np.zeros((5, 6, 4), bool)
+    occupancy[1:4, 1:5, 0:3] = True
+    occupancy[2, 2, 2] = False  # a pit in the top
+    mesh = voxel_surface(occupancy, 0.01)
+    assert mesh.is_watertight and mesh.is_winding_consistent
+    assert mesh.volume == pytest.approx(35e-6)
+    assert np.allclose(mesh.bounds, [[0.01, 0.01, 0.0], [0.04, 0.05, 0.03]])
+
+
+def test_support_plane_fit_recovers_a_tilted_plane_and_rejects_walls():
+    from pipeline.mesh.fusion import MeshError
+    from pipeline.mesh.segment import fit_support_plane
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-0.2, 0.2, (4000, 2))
+    tilt = math.radians(3)
+    z = 0.1 + xy[:, 0] * math.tan(tilt) + rng.normal(0, 0.001, len(xy))
+    clutter = rng.uniform(-0.2, 0.2, (500, 3))
+    plane, inliers = fit_support_plane(np.concatenate([np.c_[xy, z], clutter]), MeshConfig())
+    assert plane.tilt_deg == pytest.approx(3.0, abs=0.2)
+    assert float(plane.height(np.array([[0.0, 0.0, 0.1]]))[0]) == pytest.approx(0.0, abs=0.001)
+    assert inliers[:4000].mean() > 0.95
+    wall = np.c_[np.full(3000, 0.3), rng.uniform(-0.2, 0.2, (3000, 2))]
+    with pytest.raises(MeshError, match="no support plane"):
+        fit_support_plane(wall, MeshConfig())
+
+
+def test_chamfer_of_shifted_copies():
+    from pipeline.mesh.truth import chamfer_mm
+
+    points = np.random.default_rng(0).uniform(0, 1, (2000, 3)) * [1, 1, 0]
+    result = chamfer_mm(points, points + [0, 0, 0.002])
+    assert result["chamfer_mm"] == pytest.approx(2.0, abs=1e-6)
+    assert result["reconstruction_to_truth_mm"] == pytest.approx(2.0, abs=1e-6)
