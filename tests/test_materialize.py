@@ -142,6 +142,31 @@ def test_scene_capture_and_gaussian_splat_assets(project):
     assert not check.passed and "80.0 dB" in check.description
 
 
+def test_collision_mesh_asset(project):
+    """Runs after the splat test above: mesh the (tiny, 30-step) splat, version it, run the four blocking checks."""
+    from assets.twin import (collision_mesh, hull_count_within_bounds, hulls_are_closed_and_convex,
+                             mesh_matches_ground_truth, objects_found_as_expected)
+    from resources import default_resources
+
+    recipe = yaml.safe_load((project / "params.yaml").read_text())
+    # a 30-step splat of 64x48 photos is a rough surface: no object count and a loose Chamfer bar for this test
+    recipe["mesh"].update(expected_objects=None, max_chamfer_mm=50.0)
+    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
+    checks = [hulls_are_closed_and_convex, hull_count_within_bounds, mesh_matches_ground_truth,
+              objects_found_as_expected]
+    result = dg.materialize([collision_mesh, *checks], resources=default_resources(str(project)))
+    assert result.success
+    mat = result.asset_materializations_for_node("collision_mesh")[0]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert mat.tags["dagster/data_version"] == lock["stages"]["collision_mesh"]["outs"][0]["md5"]
+    assert mat.metadata["chamfer_mm"].value > 0 and "| table | support |" in mat.metadata["parts"].value
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {next(iter(c.check_specs)).name for c in checks}
+    assert evaluations["mesh_matches_ground_truth"].metadata["measured"].value is True
+    assert evaluations["objects_found_as_expected"].passed  # not checked: expected_objects unset
+    assert (project / "models" / "mesh" / "scene.json").is_file()
+
+
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):
     from resources import DvcResource, ProjectPaths
     from resources.dvc import DvcError
