@@ -327,18 +327,26 @@ def _preview(capture: Capture, scene: dict, mesh_dir: Path, path: Path, views: i
         ax.set_title(f"capture view {index}: hulls over the photo", fontsize=8)
     ax = fig.add_subplot(1, views + 1, views + 1, projection="3d")
     for part_index, hull in hulls:
+        if scene["parts"][part_index]["role"] == "support" and len(scene["parts"]) > 1:
+            continue  # matplotlib does not clip 3D polygons: the support box would cover the frame
         ax.add_collection3d(Poly3DCollection(hull.vertices[hull.faces], alpha=0.6, linewidths=0.1, edgecolor="k",
                                              facecolor=_PART_COLOURS[part_index % len(_PART_COLOURS)]))
-    lo = np.min([h.bounds[0] for _, h in hulls], 0)
-    hi = np.max([h.bounds[1] for _, h in hulls], 0)
-    centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+    # framed on the objects (the support box runs off the edges): they are what the reader wants to see
+    framed = [h for i, h in hulls if scene["parts"][i]["role"] == "object"] or [h for _, h in hulls]
+    lo = np.min([h.bounds[0] for h in framed], 0) - 0.03
+    hi = np.max([h.bounds[1] for h in framed], 0) + 0.03
+    centre, half = (lo + hi) / 2, (hi - lo)[:2].max() / 2
     ax.set_xlim(centre[0] - half, centre[0] + half), ax.set_ylim(centre[1] - half, centre[1] + half)
-    ax.set_zlim(lo[2], lo[2] + 2 * half * 0.5)
+    ax.set_zlim(lo[2], lo[2] + half)
     ax.set_box_aspect((1, 1, 0.5))
     ax.set_xlabel("x (m)", fontsize=7), ax.set_ylabel("y (m)", fontsize=7)
     ax.tick_params(labelsize=6)
-    names = ", ".join(f"{p['name']} ({len(p['hulls'])})" for p in scene["parts"])
-    ax.set_title(f"hulls per part: {names}", fontsize=8)
-    fig.tight_layout()
+    ax.set_title("object hulls (robot base frame)", fontsize=8)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=_PART_COLOURS[i % len(_PART_COLOURS)], label=f"{p['name']}: {len(p['hulls'])} "
+                              f"hull{'s' if len(p['hulls']) != 1 else ''}") for i, p in enumerate(scene["parts"])],
+               loc="lower center", ncol=len(scene["parts"]), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
