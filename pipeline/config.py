@@ -355,7 +355,7 @@ class MeshConfig(_Section):
     # convex decomposition (CoACD) and physics
     convex_fill: Annotated[float, Field(gt=0, le=1)] = 0.8  # a solid filling this much of its hull is one hull
     coacd_threshold: Annotated[float, Field(gt=0, le=1)] = 0.15  # concavity; lower = more, tighter hulls
-    coacd_seed: int = 0
+    seed: int = 0  # RANSAC and CoACD
     coacd_mcts_iterations: Annotated[int, Field(ge=1)] = 60  # CoACD's default 150; fewer is faster
     max_hulls_per_object: Annotated[int, Field(ge=1)] = 16
     max_hulls: Annotated[int, Field(ge=1)] = 64

@@ -18,7 +18,6 @@ Writes to `out_dir`:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,6 +46,8 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
     t0 = time.perf_counter()
     capture = Capture.load(capture_dir)
     splat = _load_splat(Path(splat_dir) / "splat.ply")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MeshError("device cuda requested, but torch sees no CUDA device")
     torch_device = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
     scene_state = load_scene_state(capture_dir)
     robot = _robot_points(cfg, scene_state, workcell_xml) if cfg.remove_robot else None
@@ -71,16 +72,16 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         "cropping, removing the robot, cleaning and decimation")
     points = _surface_samples(mesh, spacing=cfg.voxel_m / 2)
 
-    plane, on_plane = fit_support_plane(points, cfg, seed=cfg.coacd_seed)
-    log(f"support plane: height {1000 * -plane.offset / plane.normal[2]:.1f} mm at the origin, tilt "
+    plane, on_plane = fit_support_plane(points, cfg, seed=cfg.seed)
+    log(f"support plane: height {1000 * plane.origin[2]:.1f} mm under the support's centre, tilt "
         f"{plane.tilt_deg:.2f} deg, {100 * plane.inlier_fraction:.0f} % of the surface")
     clusters = cluster_objects(points, plane, points[on_plane], cfg)
     if robot is not None:
         # what the robot cut left of its outline (the splat blurs its silhouette) touches the cut: not an object
-        residue = [c for c in clusters if near(points[c], robot, cfg.robot_clearance_m + cfg.cluster_eps_m).any()]
-        clusters = [c for c in clusters if not any(c is r for r in residue)]
-        if residue:
-            log(f"{len(residue)} cluster(s) next to the robot dropped as robot residue")
+        touching = [near(points[c], robot, cfg.robot_clearance_m + cfg.cluster_eps_m).any() for c in clusters]
+        clusters = [c for c, residue in zip(clusters, touching) if not residue]
+        if any(touching):
+            log(f"{sum(touching)} cluster(s) next to the robot dropped as robot residue")
     log(f"{len(clusters)} object(s) on the support")
 
     truth_objects = ground_truth_objects(workcell_xml, scene_state) if scene_state and Path(workcell_xml).is_file() \
@@ -195,7 +196,7 @@ def _decompose(solid, cfg: MeshConfig) -> list:
         pieces = [(solid.vertices, solid.faces)]
     else:
         pieces = coacd.run_coacd(coacd.Mesh(np.asarray(solid.vertices), np.asarray(solid.faces)),
-                                 threshold=cfg.coacd_threshold, max_convex_hull=-1, seed=cfg.coacd_seed,
+                                 threshold=cfg.coacd_threshold, max_convex_hull=-1, seed=cfg.seed,
                                  mcts_iterations=cfg.coacd_mcts_iterations)
     # vertices snapped to 0.1 mm (far below what the capture resolves): CoACD's pieces have nearly coplanar faces
     # that rounding in the OBJ text would otherwise turn slightly reflex

@@ -156,7 +156,6 @@ def cluster_objects(points: np.ndarray, plane: SupportPlane, support_points: np.
 def height_field_solid(object_points: np.ndarray, all_points: np.ndarray, plane: SupportPlane, cell: float):
     """A watertight solid of one object: its outline (from `object_points`, holes filled), over which every cell
     rises to the highest reconstructed point of `all_points` in it (at least one cell thick), extruded to the plane."""
-    import trimesh
     from scipy import ndimage
 
     local = plane.to_plane(object_points)
