@@ -58,7 +58,20 @@ def _quat_z(yaw: float) -> tuple[float, float, float, float]:
 
 def prepare_robot_stage(cfg: WorkcellConfig, progress=None):
     """The official SO-101 USD, made loadable as rigid-body colliders by Newton/MuJoCo, in a session layer (the file
-    on disk is untouched).
+    on disk is untouched); see `add_robot_colliders`."""
+    from pxr import Usd
+
+    stage = Usd.Stage.Open(str(official_robot_usd()))
+    stage.SetEditTarget(stage.GetSessionLayer())
+    add_robot_colliders(stage, stage.GetDefaultPrim().GetPath(), cfg, progress)
+    for scope in ("/visuals", "/colliders", "/meshes"):  # prototypes of the instances: not scene content
+        if stage.GetPrimAtPath(scope).IsValid():
+            stage.GetPrimAtPath(scope).SetActive(False)
+    return stage
+
+
+def add_robot_colliders(stage, robot_root, cfg: WorkcellConfig, progress=None) -> None:
+    """Author explicit convex colliders on the SO-101 under `robot_root`, in the stage's current edit target.
 
     The USD is authored for PhysX: each link's `collisions` prim is an instanceable reference with an SDF mesh
     approximation, which Newton does not load as colliders (it loads the instance prototypes as loose world shapes
@@ -69,12 +82,9 @@ def prepare_robot_stage(cfg: WorkcellConfig, progress=None):
     from pxr import Gf, Usd, UsdGeom, UsdPhysics, Vt
 
     say = progress or (lambda msg: None)
-    stage = Usd.Stage.Open(str(official_robot_usd()))
-    stage.SetEditTarget(stage.GetSessionLayer())
-    root = stage.GetDefaultPrim().GetPath()
     coacd.set_log_level("error")
     for link in ROBOT_BODIES:
-        collisions = stage.GetPrimAtPath(root.AppendPath(f"{link}/collisions"))
+        collisions = stage.GetPrimAtPath(robot_root.AppendPath(f"{link}/collisions"))
         if not collisions.IsValid():
             raise RuntimeError(f"the SO-101 USD has no colliders for link {link!r}")
         collisions.SetInstanceable(False)
@@ -98,14 +108,12 @@ def prepare_robot_stage(cfg: WorkcellConfig, progress=None):
                 hull.CreatePointsAttr(Vt.Vec3fArray([Gf.Vec3f(*map(float, v)) for v in hv]))
                 hull.CreateFaceVertexIndicesAttr(Vt.IntArray([int(i) for i in np.asarray(hf).reshape(-1)]))
                 hull.CreateFaceVertexCountsAttr(Vt.IntArray([3] * len(hf)))
+                hull.CreateExtentAttr(UsdGeom.Mesh.ComputeExtent(hull.GetPointsAttr().Get()))
+                hull.CreatePurposeAttr(UsdGeom.Tokens.guide)  # collision geometry: not drawn by default
                 hull.AddTransformOp().Set(local)
                 UsdPhysics.CollisionAPI.Apply(hull.GetPrim())
                 UsdPhysics.MeshCollisionAPI.Apply(hull.GetPrim()).CreateApproximationAttr("convexHull")
             prim.SetActive(False)
-    for scope in ("/visuals", "/colliders", "/meshes"):  # prototypes of the instances: not scene content
-        if stage.GetPrimAtPath(scope).IsValid():
-            stage.GetPrimAtPath(scope).SetActive(False)
-    return stage
 
 
 def _simplify(points: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,161 @@
+"""Open-loop replay: send a recording's actions to the twin's servos and compare the joints the twin reaches with
+the joints the recording measured — the sim<->real dynamics gap, per joint, in degrees.
+
+Each episode starts from its first recorded state; each action is held for one frame (1/fps s, several physics
+steps); the twin's joints after action t are compared with the recorded `observation.state` at t+1 (lerobot records
+the state, then sends the action). Nothing closes the loop, so errors accumulate where the dynamics differ: that is
+what the number measures. Joint values are converted with Twinloop's one lerobot<->radian mapping
+(`pipeline.sim.joints`); for a real arm the error therefore also holds its calibration's departure from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
+
+
+@dataclass
+class EpisodeReplay:
+    episode: int
+    recorded_deg: np.ndarray  # [T, 6] recorded joints at frames 1..T
+    replayed_deg: np.ndarray  # [T, 6] the twin's joints after actions 0..T-1
+    commanded_deg: np.ndarray  # [T, 6] the actions 0..T-1
+
+
+def replay_dataset(twin, root: Path, max_episodes: int = 0, progress=None) -> list[EpisodeReplay]:
+    """Replay up to `max_episodes` episodes (0: all) of the LeRobot dataset at `root` in the loaded twin.
+
+    Newton builds the twin's MuJoCo model (its `SolverMuJoCo` conversion of the USD: joints, PD servos with the
+    authored gains and torque limits, contacts); the loop steps that model with MuJoCo's C engine directly, which
+    skips Newton's per-step state copies (5 ms a step on CPU through `solver.step`, ~0.1 ms native)."""
+    import mujoco
+
+    from pipeline.demo_checks import DemoData
+    from pipeline.twin.physics import make_solver
+
+    data = DemoData.load(root)
+    for key in ("action", "observation.state"):
+        if key not in data.frames.columns:
+            raise ValueError(f"{root} has no {key!r}: nothing to replay")
+    fps = float(data.meta.fps)
+    substeps = max(1, int(round(1.0 / (fps * twin.physics_dt))))
+    solver = make_solver(twin)
+    if not hasattr(solver, "mj_model") or solver.mj_model is None:
+        raise RuntimeError("the replay steps MuJoCo's C engine: load the twin on CPU with one world")
+    m, d = solver.mj_model, solver.mj_data
+    m.opt.timestep = twin.physics_dt
+    servo = _servo_indices(m)
+    cube_qpos = _free_joint_qpos(m, d, twin)
+    episodes = list(data.episodes())
+    if max_episodes:
+        episodes = episodes[:max_episodes]
+    bar = progress(sum(len(g) - 1 for _, g in episodes)) if progress else None
+    has_env = "observation.environment_state" in data.frames.columns
+    results = []
+    for ep, group in episodes:
+        states = lerobot_to_sim(data.joints(group, "observation.state"))
+        actions = np.clip(lerobot_to_sim(data.joints(group, "action")), LIMITS_LO_RAD, LIMITS_HI_RAD)
+        mujoco.mj_resetData(m, d)
+        d.qpos[servo["qpos"]] = states[0]
+        if cube_qpos is not None:
+            d.qpos[cube_qpos[0]:cube_qpos[0] + 7] = cube_qpos[1]
+            if has_env:  # the recorded cube position (x, y); the twin's cube keeps its captured height and yaw
+                d.qpos[cube_qpos[0]:cube_qpos[0] + 2] = np.asarray(group["observation.environment_state"].iloc[0])[:2]
+        mujoco.mj_forward(m, d)
+        replayed = np.empty((len(states) - 1, 6))
+        for t in range(len(states) - 1):
+            d.ctrl[servo["actuator"]] = actions[t]
+            mujoco.mj_step(m, d, nstep=substeps)
+            replayed[t] = d.qpos[servo["qpos"]]
+            if bar is not None:
+                bar.update(1)
+        if not np.all(np.isfinite(replayed)):
+            raise RuntimeError(f"{root} episode {ep}: the twin diverged during the replay")
+        results.append(EpisodeReplay(ep, np.degrees(states[1:]), np.degrees(replayed), np.degrees(actions[:-1])))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _servo_indices(m) -> dict[str, np.ndarray]:
+    """qpos addresses of the SO-101 joints and the position servos (PD actuators) driving them, SIM_JOINTS order."""
+    import mujoco
+
+    qpos, actuators = [], []
+    for name in SIM_JOINTS:
+        joint = next((j for j in range(m.njnt)
+                      if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j) or "").endswith(f"joints_{name}")), None)
+        if joint is None:
+            raise RuntimeError(f"the twin's MuJoCo model has no joint {name!r}")
+        act = next((a for a in range(m.nu) if m.actuator_trnid[a, 0] == joint and m.actuator_gainprm[a, 0] > 0),
+                   None)
+        if act is None:
+            raise RuntimeError(f"the twin has no position servo on joint {name!r} (no drive stiffness authored?)")
+        qpos.append(m.jnt_qposadr[joint])
+        actuators.append(act)
+    return {"qpos": np.array(qpos), "actuator": np.array(actuators)}
+
+
+def _free_joint_qpos(m, d, twin) -> tuple[int, np.ndarray] | None:
+    """(qpos address, authored pose) of the cube's free joint, when the twin has a rigid `cube`."""
+    import mujoco
+
+    if "cube" not in twin.object_bodies:
+        return None
+    free = [j for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    if len(free) != len(twin.object_bodies):
+        return None
+    body_names = sorted(twin.object_bodies, key=twin.object_bodies.get)
+    adr = m.jnt_qposadr[free[body_names.index("cube")]]
+    mujoco.mj_resetData(m, d)
+    return adr, d.qpos[adr:adr + 7].copy()
+
+
+def summarize(replays: list[EpisodeReplay]) -> dict:
+    """Per-joint RMSE / p95 / max tracking error (degrees) over all replayed frames, and the mean over joints."""
+    err = np.concatenate([r.replayed_deg - r.recorded_deg for r in replays])
+    rmse = np.sqrt((err ** 2).mean(0))
+    per_episode = [float(np.sqrt(((r.replayed_deg - r.recorded_deg) ** 2).mean())) for r in replays]
+    return {
+        "episodes": len(replays),
+        "frames": int(len(err)),
+        "rmse_deg": dict(zip(SIM_JOINTS, rmse.round(3).tolist())),
+        "p95_deg": dict(zip(SIM_JOINTS, np.percentile(np.abs(err), 95, axis=0).round(3).tolist())),
+        "max_deg": dict(zip(SIM_JOINTS, np.abs(err).max(0).round(3).tolist())),
+        "mean_rmse_deg": float(rmse.mean()),
+        "episode_rmse_deg": {"mean": float(np.mean(per_episode)), "std": float(np.std(per_episode)),
+                             "min": float(np.min(per_episode)), "max": float(np.max(per_episode))},
+    }
+
+
+def replay_figure(runs: dict[str, list[EpisodeReplay]], path: Path) -> None:
+    """One row per dataset: each joint's recorded state, the twin's replay and the command, first episode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(name, reps[0]) for name, reps in runs.items() if reps]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(18, 2.8 * len(rows)), squeeze=False)
+    for r, (name, rep) in enumerate(rows):
+        t = np.arange(1, len(rep.recorded_deg) + 1)
+        for j, joint in enumerate(SIM_JOINTS):
+            ax = axes[r, j]
+            ax.plot(t, rep.commanded_deg[:, j], color="0.7", lw=1, label="action")
+            ax.plot(t, rep.recorded_deg[:, j], color="tab:blue", lw=1.4, label="recorded")
+            ax.plot(t, rep.replayed_deg[:, j], color="tab:red", lw=1.2, ls="--", label="twin (open loop)")
+            rmse = np.sqrt(np.mean((rep.replayed_deg[:, j] - rep.recorded_deg[:, j]) ** 2))
+            ax.set_title(f"{name} ep {rep.episode}: {joint}\nRMSE {rmse:.2f} deg", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("deg")
+            if r == len(rows) - 1:
+                ax.set_xlabel("frame")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
