@@ -1,16 +1,18 @@
-"""Group `twin`: the workcell's appearance and geometry, captured, reconstructed and meshed (then authored as USD)."""
+"""Group `twin`: the workcell's appearance and geometry, captured, reconstructed, meshed and authored as OpenUSD."""
 
 
 import json
 
 import dagster as dg
 
+from assets.demos import DEMOS_DIR, demos
 from assets.sim import WORKCELL_DIR, image_md, sim_workcell
 from resources import ComputeDevice, DvcResource, ProjectPaths
 
 CAPTURE_DIR = "data/capture"
 SPLAT_DIR = "models/splat"
 MESH_DIR = "models/mesh"
+TWIN_DIR = "models/twin"
 RUNS_DIR = "runs"
 
 
@@ -218,6 +220,158 @@ def objects_found_as_expected(paths: ProjectPaths) -> dg.AssetCheckResult:
         "see preview.png; tune mesh.object_min_height_m / cluster_eps_m / min_object_area_m2")
 
 
-ASSETS = [scene_capture, gaussian_splat, collision_mesh]
+@dg.asset(
+    group_name="twin",
+    deps=[collision_mesh, gaussian_splat, scene_capture, sim_workcell, demos],
+    kinds={"openusd", "newton", "mujoco"},
+    description="The twin as one OpenUSD stage: the official SO-101 (servo gains, home pose), convex colliders and "
+    "rigid objects from the mesh, the splat as ParticleField3DGaussianSplat prims, the front/wrist/capture cameras; "
+    "validated (UsdValidation), loaded and settled in Newton, and scored by replaying recorded actions open loop.",
+)
+def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource) -> dg.MaterializeResult:
+    from pipeline.capture import CaptureError
+    from pipeline.twin.author import TwinError
+    from pipeline.twin.build import build_usd_twin
+
+    recipe = paths.recipe()
+    try:
+        # Newton's MuJoCo-C path: the settle test and the replay are single-world and run on CPU
+        metrics = build_usd_twin(recipe, paths.artifact(MESH_DIR), paths.artifact(SPLAT_DIR),
+                                 paths.artifact(CAPTURE_DIR), paths.artifact(WORKCELL_DIR), paths.artifact(DEMOS_DIR),
+                                 paths.artifact(TWIN_DIR), root=paths.root_path, device="cpu", log=context.log.info,
+                                 progress=False)
+    except (TwinError, CaptureError) as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    for warning in metrics["replay_warnings"]:
+        context.log.warning(f"sim-real gap: {warning}")
+    md5 = dvc.commit_stage("usd_twin")
+    out = paths.artifact(TWIN_DIR)
+    metadata = {
+        "dvc_md5": md5,
+        "recipe_hash": recipe.section_hash("twin"),
+        "gaussians": dg.MetadataValue.json(metrics["gaussians"]),
+        "colliders": metrics["stage"]["colliders"],
+        "rigid_objects": dg.MetadataValue.json(metrics["dynamic_objects"]),
+        "twin_view_psnr_db": dg.MetadataValue.float(metrics["views"]["psnr_db"]),
+        "settle_penetration_mm": dg.MetadataValue.float(metrics["settle"]["penetration_end_mm"]),
+        "seconds": dg.MetadataValue.float(metrics["seconds"]),
+        "replay_gap": dg.MetadataValue.md(_replay_table(metrics["replay"])),
+        "views": dg.MetadataValue.md(image_md(out / "preview.png", width=900)),
+        "upstream_md5": dg.MetadataValue.json(metrics["stage"]["upstream_md5"]),
+        "path": dg.MetadataValue.path(str(out / "twin.usd")),
+    }
+    for name, r in metrics["replay"].items():
+        if r.get("measured"):
+            metadata[f"replay_{name}_rmse_deg"] = dg.MetadataValue.float(r["mean_rmse_deg"])
+    if (out / "replay.png").is_file():
+        metadata["replay"] = dg.MetadataValue.md(image_md(out / "replay.png", width=900))
+    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+
+
+def _replay_table(replay: dict) -> str:
+    from pipeline.sim.joints import SIM_JOINTS
+
+    rows = ["| recording | episodes | frames | " + " | ".join(SIM_JOINTS) + " | mean |",
+            "|---|---|---|" + "---|" * (len(SIM_JOINTS) + 1)]
+    for name, r in replay.items():
+        if not r.get("measured"):
+            rows.append(f"| {name} | not measured: {r['why']} |")
+            continue
+        rows.append(f"| {name} | {r['episodes']} | {r['frames']} | "
+                    + " | ".join(f"{r['rmse_deg'][j]:.2f}" for j in SIM_JOINTS) + f" | {r['mean_rmse_deg']:.2f} |")
+    return "Open-loop tracking RMSE, degrees (twin vs recorded joints)\n\n" + "\n".join(rows)
+
+
+def _twin_metrics(paths: ProjectPaths) -> dict:
+    return json.loads((paths.artifact(TWIN_DIR) / "metrics.json").read_text())
+
+
+@dg.asset_check(asset=usd_twin, blocking=True, description="The stage, reopened with pxr, passes every OpenUSD "
+                "validator (UsdValidation, usdchecker's engine in usd-core 26) and holds an articulation root, the "
+                "colliders, Gaussians in a ParticleField3DGaussianSplat prim, Z up and metres.")
+def twin_stage_is_valid(paths: ProjectPaths) -> dg.AssetCheckResult:
+    from pipeline.twin.build import stage_summary, validation_errors
+
+    usd = paths.artifact(TWIN_DIR) / "twin.usd"
+    errors = validation_errors(usd)
+    s = stage_summary(usd)
+    problems = errors[:5]
+    if not s["articulation_roots"]:
+        problems.append("no articulation root")
+    if s["colliders"] < 2:
+        problems.append(f"{s['colliders']} colliders besides the robot")
+    if not any(s["splat_prims"].values()):
+        problems.append("no Gaussians")
+    if (s["up_axis"], s["meters_per_unit"]) != ("Z", 1.0):
+        problems.append(f"up axis {s['up_axis']}, {s['meters_per_unit']} m per unit: expected Z and metres")
+    return dg.AssetCheckResult(
+        passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"validation_errors": len(errors), "articulation_roots": dg.MetadataValue.json(s["articulation_roots"]),
+                  "colliders": s["colliders"], "splat_prims": dg.MetadataValue.json(s["splat_prims"]),
+                  "cameras": s["cameras"]},
+        description="; ".join(problems) or None)
+
+
+@dg.asset_check(asset=usd_twin, blocking=True, description="newton.ModelBuilder.add_usd loads the stage with the "
+                "SO-101's six joints and seven links and one free body per rigid object.")
+def twin_loads_in_newton(paths: ProjectPaths) -> dg.AssetCheckResult:
+    from pipeline.twin.physics import TwinLoadError, load_twin
+
+    expected = sorted(paths.recipe().twin.dynamic_objects)
+    try:
+        twin = load_twin(paths.artifact(TWIN_DIR) / "twin.usd")
+    except TwinLoadError as exc:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc))
+    found = sorted(twin.object_bodies)
+    return dg.AssetCheckResult(
+        passed=found == expected, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"bodies": dg.MetadataValue.json(twin.bodies), "joints": dg.MetadataValue.json(twin.joints),
+                  "physics_dt": twin.physics_dt},
+        description=None if found == expected else f"rigid objects {found}, expected {expected}")
+
+
+@dg.asset_check(asset=usd_twin, blocking=True, description="twin.settle_seconds of Newton simulation of the file: "
+                "objects stay at rest on the table, hulls overlap at most twin.max_penetration_mm, the robot holds "
+                "its home pose.")
+def twin_settles_at_rest(paths: ProjectPaths) -> dg.AssetCheckResult:
+    from pipeline.twin.physics import settle, settle_problems
+
+    cfg = paths.recipe().twin
+    result = settle(paths.artifact(TWIN_DIR) / "twin.usd", cfg.settle_seconds)
+    problems = settle_problems(result, cfg)
+    return dg.AssetCheckResult(
+        passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"penetration_end_mm": result["penetration_end_mm"],
+                  "max_home_error_deg": result["max_home_error_deg"],
+                  "objects": dg.MetadataValue.json(result["objects"])},
+        description="; ".join(problems) or None)
+
+
+@dg.asset_check(asset=usd_twin, blocking=True, description="The twin's splat, rendered through its capture cameras, "
+                "reproduces held-out capture photos: PSNR >= splat.min_holdout_psnr_db.")
+def twin_views_match_capture(paths: ProjectPaths) -> dg.AssetCheckResult:
+    views = _twin_metrics(paths)["views"]
+    ok = views["psnr_db"] >= views["min_psnr_db_required"]
+    return dg.AssetCheckResult(
+        passed=ok, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"psnr_db": views["psnr_db"], "min_psnr_db": views["min_psnr_db"],
+                  "splat_psnr_same_views_db": views["splat_psnr_same_views_db"] or 0.0,
+                  "required_db": views["min_psnr_db_required"]},
+        description=None if ok else f"{views['psnr_db']:.2f} dB < {views['min_psnr_db_required']} dB")
+
+
+@dg.asset_check(asset=usd_twin, blocking=False, description="The sim-real dynamics gap: recorded actions replayed open "
+                "loop track the recorded joints within twin.max_replay_rmse_deg (a warning, not a gate).")
+def twin_replay_gap(paths: ProjectPaths) -> dg.AssetCheckResult:
+    metrics = _twin_metrics(paths)
+    warnings = metrics["replay_warnings"]
+    return dg.AssetCheckResult(
+        passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
+        metadata={name: dg.MetadataValue.json(r) for name, r in metrics["replay"].items()},
+        description="; ".join(warnings) or None)
+
+
+ASSETS = [scene_capture, gaussian_splat, collision_mesh, usd_twin]
 CHECKS = [splat_matches_holdout_views, hulls_are_closed_and_convex, hull_count_within_bounds,
-          mesh_matches_ground_truth, objects_found_as_expected]
+          mesh_matches_ground_truth, objects_found_as_expected, twin_stage_is_valid, twin_loads_in_newton,
+          twin_settles_at_rest, twin_views_match_capture, twin_replay_gap]

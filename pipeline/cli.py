@@ -10,7 +10,8 @@ from pathlib import Path
 from pipeline.config import RecipeError, load_recipe
 
 STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
-              "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh"}
+              "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh",
+              "usd_twin": "models/twin"}
 RUNS_DIR = "runs"
 
 
@@ -103,6 +104,24 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"found {metrics['objects_found']} objects, expected {metrics['objects_expected']}")
         for message in failed:
             print(f"check failed: {message}", file=sys.stderr)
+        return 1 if failed else 0
+    elif args.stage == "usd_twin":
+        from pipeline.capture import CaptureError
+        from pipeline.twin.author import TwinError
+        from pipeline.twin.build import build_usd_twin, twin_problems
+
+        try:
+            metrics = build_usd_twin(recipe, Path(STAGE_DIRS["collision_mesh"]), Path(STAGE_DIRS["gaussian_splat"]),
+                                     Path(STAGE_DIRS["scene_capture"]), Path(STAGE_DIRS["sim_workcell"]),
+                                     Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["usd_twin"]),
+                                     device="cpu" if args.device == "auto" else args.device)
+        except (TwinError, CaptureError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({k: v for k, v in metrics.items() if k != "stage"}, indent=2))
+        failed = twin_problems(metrics)
+        for message in failed + metrics["replay_warnings"]:
+            print(f"{'check failed' if message in failed else 'warning'}: {message}", file=sys.stderr)
         return 1 if failed else 0
     return 0
 

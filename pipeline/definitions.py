@@ -3,8 +3,8 @@
     sim:   sim_workcell
     data:  demos  (+ demos_inbox_sensor: new batches in data/inbox are screened and merged)
     policy: (demos, sim_workcell) -> bc_policy
-    twin:   sim_workcell -> scene_capture -> gaussian_splat -> collision_mesh
-    (next: collision_mesh -> usd_twin ; (bc_policy, usd_twin) -> rl_policy -> eval_report)
+    twin:   sim_workcell -> scene_capture -> gaussian_splat -> collision_mesh -> usd_twin (+ demos: replay gap)
+    (next: (bc_policy, usd_twin) -> rl_policy -> eval_report)
 """
 
 import dagster as dg

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import newton_usd_schemas  # noqa: F401  registers Newton's USD schemas; must precede the first pxr stage
 import numpy as np
 import torch
 
@@ -153,15 +154,20 @@ def write_portable_robot(src: Path, dst: Path, src_md5: str = "") -> dict[str, i
     """Copy the official SO-101 USD beside the twin, repaired so any USD tool reads it: its Omniverse MDL materials
     (OmniPBR.mdl and a material on NVIDIA's servers — unresolvable outside Isaac Sim) become UsdPreviewSurface with
     the same base colour, metalness and roughness; prims with a material binding get MaterialBindingAPI; an empty
-    binding is removed; material subsets get a family type. Returns how many of each were repaired."""
-    from pxr import Sdf, Usd, UsdGeom, UsdShade
+    binding is removed; material subsets get a family type; CollisionAPI is removed from prims that are not geometry
+    (the `collisions` Xforms). Returns how many of each were repaired."""
+    from pxr import Sdf, Usd, UsdGeom, UsdPhysics, UsdShade
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not Sdf.Layer.FindOrOpen(str(src)).Export(str(dst)):
         raise TwinError(f"could not copy the robot USD {src} to {dst}")
     stage = Usd.Stage.Open(str(dst))
-    fixes = {"mdl_materials": 0, "binding_api": 0, "empty_bindings": 0, "subset_families": 0}
+    fixes = {"mdl_materials": 0, "binding_api": 0, "empty_bindings": 0, "subset_families": 0,
+             "collision_api_off_geometry": 0}
     for prim in Usd.PrimRange.AllPrims(stage.GetPseudoRoot()):
+        if prim.HasAPI(UsdPhysics.CollisionAPI) and not prim.IsA(UsdGeom.Gprim):  # only geometry collides
+            prim.RemoveAPI(UsdPhysics.CollisionAPI)
+            fixes["collision_api_off_geometry"] += 1
         if prim.IsA(UsdShade.Shader) and prim.HasAttribute("info:mdl:sourceAsset"):
             _mdl_to_preview_surface(UsdShade.Shader(prim))
             fixes["mdl_materials"] += 1
@@ -218,16 +224,21 @@ def _mdl_to_preview_surface(shader) -> None:
 
 
 def _physics_scene(stage, cfg) -> None:
-    from pxr import Gf, Sdf, UsdPhysics
+    from pxr import Gf, Sdf, Usd, UsdPhysics
 
     scene = UsdPhysics.Scene.Define(stage, "/World/PhysicsScene")
     scene.CreateGravityDirectionAttr(Gf.Vec3f(0.0, 0.0, -1.0))
     scene.CreateGravityMagnitudeAttr(cfg.gravity_m_s2)
     steps = int(round(1.0 / cfg.physics_dt_s))
     prim = scene.GetPrim()
-    # the time step has no UsdPhysics attribute: Newton and PhysX (Isaac Sim) each read their own
-    for name in ("newton:timeStepsPerSecond", "physxScene:timeStepsPerSecond"):
-        prim.CreateAttribute(name, Sdf.ValueTypeNames.UInt).Set(steps)
+    # the time step has no UsdPhysics attribute: Newton (its NewtonSceneAPI schema) and PhysX (Isaac Sim) each read
+    # their own
+    if Usd.SchemaRegistry().FindAppliedAPIPrimDefinition("NewtonSceneAPI"):
+        prim.ApplyAPI("NewtonSceneAPI")
+        prim.GetAttribute("newton:timeStepsPerSecond").Set(steps)
+    else:  # Newton's schemas registered too late in this process: the same attribute, undeclared (Newton warns)
+        prim.CreateAttribute("newton:timeStepsPerSecond", Sdf.ValueTypeNames.Int).Set(steps)
+    prim.CreateAttribute("physxScene:timeStepsPerSecond", Sdf.ValueTypeNames.UInt).Set(steps)
     # MuJoCo solver options, as the workcell has them (Newton's MuJoCo solver reads mjc:option:*)
     prim.CreateAttribute("mjc:option:cone", Sdf.ValueTypeNames.Token).Set(cfg.friction_cone)
     prim.CreateAttribute("mjc:option:impratio", Sdf.ValueTypeNames.Float).Set(cfg.impratio)

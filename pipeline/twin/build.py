@@ -266,3 +266,21 @@ def _preview(shots: list, front: np.ndarray, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def twin_problems(metrics: dict) -> list[str]:
+    """The blocking gates, from a metrics dict: why this twin must not be used (empty when it passes)."""
+    problems = [f"UsdValidation: {e}" for e in metrics["validation_errors"][:5]]
+    stage = metrics["stage"]
+    if not stage["articulation_roots"]:
+        problems.append("no articulation root in the stage")
+    if stage["colliders"] < 2:
+        problems.append(f"{stage['colliders']} collider prim(s) besides the robot: at least the support and an object")
+    if not any(stage["splat_prims"].values()):
+        problems.append("no Gaussians in any ParticleField3DGaussianSplat prim")
+    problems += metrics["settle_problems"]
+    views = metrics["views"]
+    if views["psnr_db"] < views["min_psnr_db_required"]:
+        problems.append(f"twin renders {views['psnr_db']:.2f} dB PSNR against the capture photos < "
+                        f"{views['min_psnr_db_required']} dB")
+    return problems
