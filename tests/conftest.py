@@ -7,7 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_RECORDING = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
+
 
 
 @pytest.fixture(scope="session")

@@ -26,3 +26,18 @@ def test_dagster_validate_passes():
     proc = subprocess.run([exe, "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_asset_is_a_dvc_stage_and_a_cli_stage():
+    """Each asset commits its own DVC stage, and `dvc repro` runs it through `twinloop run <stage>`."""
+    import yaml
+
+    from pipeline.cli import STAGE_DIRS
+    from pipeline.definitions import defs
+
+    assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert assets == set(stages) == set(STAGE_DIRS)
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith(f"twinloop run {name}")
+        assert stage["outs"] == [STAGE_DIRS[name]]

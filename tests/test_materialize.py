@@ -1,5 +1,6 @@
 """The `sim_workcell` asset end to end: Dagster materialization -> stage -> DVC commit -> data version."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,6 +166,33 @@ def test_collision_mesh_asset(project):
     assert evaluations["mesh_matches_ground_truth"].metadata["measured"].value is True
     assert evaluations["objects_found_as_expected"].passed  # not checked: expected_objects unset
     assert (project / "models" / "mesh" / "scene.json").is_file()
+
+
+def test_usd_twin_asset(project):
+    """Runs after the mesh test above: author the twin from that mesh and splat, version it, run its checks."""
+    from assets.twin import (twin_loads_in_newton, twin_replay_gap, twin_settles_at_rest, twin_stage_is_valid,
+                             twin_views_match_capture, usd_twin)
+    from resources import default_resources
+
+    scene = json.loads((project / "models" / "mesh" / "scene.json").read_text())
+    objects = [p["name"] for p in scene["parts"] if p["role"] == "object" and p["name"] != "bin"]
+    recipe = yaml.safe_load((project / "params.yaml").read_text())
+    recipe["twin"].update(dynamic_objects=objects[:1], replay_episodes=1)  # the rough mesh may not find the cube
+    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
+    checks = [twin_stage_is_valid, twin_loads_in_newton, twin_settles_at_rest, twin_views_match_capture,
+              twin_replay_gap]
+    result = dg.materialize([usd_twin, *checks], resources=default_resources(str(project)), raise_on_error=False)
+    mat = result.asset_materializations_for_node("usd_twin")[0]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert mat.tags["dagster/data_version"] == lock["stages"]["usd_twin"]["outs"][0]["md5"]
+    assert "| demos | 1 |" in mat.metadata["replay_gap"].value  # one demo episode replayed
+    assert "| real | not measured" in mat.metadata["replay_gap"].value  # no ../shared beside the project copy
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {next(iter(c.check_specs)).name for c in checks}
+    for name in ("twin_stage_is_valid", "twin_loads_in_newton", "twin_views_match_capture"):
+        assert evaluations[name].passed, evaluations[name].description
+    assert (project / "models" / "twin" / "twin.usd").is_file()
+    assert (project / "models" / "twin" / "robot" / "so101.usd").is_file()
 
 
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):

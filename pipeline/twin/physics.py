@@ -141,21 +141,20 @@ def _rotation_xyzw(q) -> np.ndarray:
 
 
 def penetration_depth(a: np.ndarray, b: np.ndarray) -> float:
-    """How deep two convex hulls (vertex sets) overlap, from each one's vertices inside the other (metres, 0 when
-    apart). Exact for the face contacts of resting objects; edge-edge crossings are not measured."""
+    """How deep two convex hulls (vertex sets) overlap (metres, 0 when apart): the separating-axis test over both
+    hulls' face normals, the smallest overlap of their projections. Exact when the deepest direction is a face normal
+    (resting contacts); edge-edge directions are not tried, so otherwise an upper bound."""
     from scipy.spatial import ConvexHull
-
-    def deepest_vertex(points, hull_points):
-        eq = ConvexHull(hull_points).equations  # n·x + d <= 0 inside, n outward
-        signed = points @ eq[:, :3].T + eq[:, 3]
-        inside = np.all(signed <= 0, axis=1)
-        return float((-signed[inside].max(axis=1)).max()) if inside.any() else 0.0
 
     lo = np.maximum(a.min(0), b.min(0))
     hi = np.minimum(a.max(0), b.max(0))
-    if np.any(lo > hi):  # boxes apart: no contact
+    if np.any(lo > hi):  # bounding boxes apart: no contact
         return 0.0
-    return max(deepest_vertex(a, b), deepest_vertex(b, a))
+    normals = np.concatenate([ConvexHull(a).equations[:, :3], ConvexHull(b).equations[:, :3]])
+    normals = np.unique(normals.round(9), axis=0)
+    pa, pb = a @ normals.T, b @ normals.T
+    overlap = np.minimum(pa.max(0) - pb.min(0), pb.max(0) - pa.min(0))
+    return float(max(0.0, overlap.min()))
 
 
 def max_penetration(hulls: list[Hull], body_q: np.ndarray) -> tuple[float, str]:
