@@ -290,20 +290,12 @@ def _twin_metrics(paths: ProjectPaths) -> dict:
                 "validator (UsdValidation, usdchecker's engine in usd-core 26) and holds an articulation root, the "
                 "colliders, Gaussians in a ParticleField3DGaussianSplat prim, Z up and metres.")
 def twin_stage_is_valid(paths: ProjectPaths) -> dg.AssetCheckResult:
-    from pipeline.twin.build import stage_summary, validation_errors
+    from pipeline.twin.build import stage_problems, stage_summary, validation_errors
 
     usd = paths.artifact(TWIN_DIR) / "twin.usd"
     errors = validation_errors(usd)
     s = stage_summary(usd)
-    problems = errors[:5]
-    if not s["articulation_roots"]:
-        problems.append("no articulation root")
-    if s["colliders"] < 2:
-        problems.append(f"{s['colliders']} colliders besides the robot")
-    if not any(s["splat_prims"].values()):
-        problems.append("no Gaussians")
-    if (s["up_axis"], s["meters_per_unit"]) != ("Z", 1.0):
-        problems.append(f"up axis {s['up_axis']}, {s['meters_per_unit']} m per unit: expected Z and metres")
+    problems = stage_problems(s, errors)
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"validation_errors": len(errors), "articulation_roots": dg.MetadataValue.json(s["articulation_roots"]),

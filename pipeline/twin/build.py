@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.artifacts import replace_dir, staging_dir
 from pipeline.capture import Capture
 from pipeline.config import Recipe
-from pipeline.twin.author import TWIN_USD, TwinError, activated, author_twin, split_splat
+from pipeline.twin.author import TwinError, activated, author_twin, split_splat
 
 
 def _md5(path: Path) -> str:
@@ -268,16 +268,24 @@ def _preview(shots: list, front: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def stage_problems(summary: dict, errors: list[str]) -> list[str]:
+    """Why a stage (its `stage_summary` and `validation_errors`) is not a usable twin (empty when it is)."""
+    problems = [f"UsdValidation: {e}" for e in errors[:5]]
+    if not summary["articulation_roots"]:
+        problems.append("no articulation root in the stage")
+    if summary["colliders"] < 2:
+        problems.append(f"{summary['colliders']} collider prim(s) besides the robot: at least the support and an "
+                        "object")
+    if not any(summary["splat_prims"].values()):
+        problems.append("no Gaussians in any ParticleField3DGaussianSplat prim")
+    if (summary["up_axis"], summary["meters_per_unit"]) != ("Z", 1.0):
+        problems.append(f"up axis {summary['up_axis']}, {summary['meters_per_unit']} m per unit: expected Z, metres")
+    return problems
+
+
 def twin_problems(metrics: dict) -> list[str]:
     """The blocking gates, from a metrics dict: why this twin must not be used (empty when it passes)."""
-    problems = [f"UsdValidation: {e}" for e in metrics["validation_errors"][:5]]
-    stage = metrics["stage"]
-    if not stage["articulation_roots"]:
-        problems.append("no articulation root in the stage")
-    if stage["colliders"] < 2:
-        problems.append(f"{stage['colliders']} collider prim(s) besides the robot: at least the support and an object")
-    if not any(stage["splat_prims"].values()):
-        problems.append("no Gaussians in any ParticleField3DGaussianSplat prim")
+    problems = stage_problems(metrics["stage"], metrics["validation_errors"])
     problems += metrics["settle_problems"]
     views = metrics["views"]
     if views["psnr_db"] < views["min_psnr_db_required"]:
