@@ -125,3 +125,36 @@ def test_smolvla_without_local_weights_is_refused(recipe):
 
     with pytest.raises(RecipeError, match="smolvla fine-tunes pretrained weights"):
         parse_recipe({"bc": {"policy": "smolvla"}})
+
+
+def test_batched_bc_matches_lerobot_select_action_per_env(trained):
+    """The residual's base: many envs through one forward pass, each with its own temporal ensemble, must act as
+    lerobot's `select_action` acts on one env — also when one env restarts its episode mid-way."""
+    import numpy as np
+    import torch
+
+    from pipeline.bc_eval import LerobotPolicy
+    from pipeline.rl.base_policy import BatchedBC
+
+    checkpoint = trained[0] / "pretrained_model"
+    rng = np.random.default_rng(0)
+    frames = [{"observation.state": rng.normal(0, 30, 6).astype(np.float32),
+               "observation.environment_state": (np.r_[0.2, 0.0, 0.0125, 1, 0, 0, 0]
+                                                 + rng.normal(0, 0.01, 7)).astype(np.float32)} for _ in range(12)]
+    reference = LerobotPolicy(checkpoint)
+    reference.reset()
+    expected = np.stack([reference.act(f) for f in frames])
+    reference.reset()
+    expected_restarted = np.stack([reference.act(f) for f in frames[5:]])
+
+    batched = BatchedBC(checkpoint, num_envs=3)
+    got = []
+    for t, frame in enumerate(frames):
+        if t == 5:
+            batched.reset([2])  # env 2 starts a new episode here
+        got.append(batched({k: torch.tensor(np.stack([v] * 3)) for k, v in frame.items()}).numpy())
+    got = np.stack(got)
+    np.testing.assert_allclose(got[:, 0], expected, atol=1e-3)
+    np.testing.assert_allclose(got[:, 1], expected, atol=1e-3)
+    np.testing.assert_allclose(got[5:, 2], expected_restarted, atol=1e-3)
+    assert not np.allclose(got[5:, 0], got[5:, 2], atol=1e-3)  # the restart mattered
