@@ -18,11 +18,8 @@ def tiny(recipe, **bc):
 
 
 @pytest.fixture(scope="module")
-def trained(small_recipe, recorded, workcell_xml, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bc")
-    metrics = build_bc_policy(tiny(small_recipe), recorded, workcell_xml, tmp / "models" / "bc", tmp / "runs",
-                              device="cpu")
-    return tmp / "models" / "bc", metrics
+def trained(tiny_bc):
+    return tiny_bc  # conftest: the same tiny recipe as `tiny` above, trained once per session
 
 
 def test_checkpoint_is_lerobot_loadable(trained):

@@ -1,6 +1,5 @@
 """The `usd_twin` stage on a synthetic scene with known geometry: a 60x80 cm table top and a 25 mm cube on it."""
 
-import json
 import shutil
 
 import numpy as np
@@ -9,108 +8,34 @@ import pytest
 from tests_helpers import REAL_RECORDING
 
 
-def _box_obj(path, size, centre):
-    import trimesh
-
-    box = trimesh.creation.box(extents=size)
-    box.apply_translation(centre)
-    box.export(path)
-
-
-def _part(name, role, size, centre, mass):
-    lo = (np.asarray(centre) - np.asarray(size) / 2).tolist()
-    hi = (np.asarray(centre) + np.asarray(size) / 2).tolist()
-    return {"name": name, "role": role, "hulls": [f"hulls/{name}_0.obj"], "bbox_min": lo, "bbox_max": hi,
-            "centre": list(centre), "volume_m3": float(np.prod(size)), "mass_kg": mass, "static": mass is None}
-
-
-CUBE_CENTRE = (0.22, 0.05, 0.0125)
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """scene.json + hull OBJs, Gaussians (table, cube, some on the robot), a two-view capture."""
-    from PIL import Image
-
-    from pipeline.capture import Capture, look_at_camera_to_world, pinhole_K, write_transforms
-
-    root = tmp_path_factory.mktemp("twin_inputs")
-    mesh_dir = root / "mesh"
-    (mesh_dir / "hulls").mkdir(parents=True)
-    _box_obj(mesh_dir / "hulls" / "table_0.obj", (0.6, 0.8, 0.02), (0.2, 0.0, -0.01))
-    _box_obj(mesh_dir / "hulls" / "cube_0.obj", (0.025,) * 3, CUBE_CENTRE)
-    scene = {"support_plane": {"normal": [0.0, 0.0, 1.0], "offset": 0.0, "tilt_deg": 0.0},
-             "parts": [_part("table", "support", (0.6, 0.8, 0.02), (0.2, 0.0, -0.01), None),
-                       _part("cube", "object", (0.025,) * 3, CUBE_CENTRE, 0.015)]}
-    (mesh_dir / "scene.json").write_text(json.dumps(scene))
-
-    rng = np.random.default_rng(0)
-    table = np.c_[rng.uniform(0.0, 0.4, (300, 2)) - [0, 0.2], np.zeros(300)]
-    cube = np.asarray(CUBE_CENTRE) + rng.uniform(-0.0125, 0.0125, (40, 3))
-    robot = np.c_[rng.uniform(-0.03, 0.03, (25, 2)), rng.uniform(0.05, 0.1, 25)]
-    means = np.concatenate([table, cube, robot]).astype(np.float32)
-    n = len(means)
-    quats = rng.normal(size=(n, 4)).astype(np.float32)
-    gaussians = {"means": means, "quats": quats / np.linalg.norm(quats, axis=1, keepdims=True),
-                 "scales": rng.uniform(0.002, 0.006, (n, 3)).astype(np.float32),
-                 "opacities": rng.uniform(0.3, 0.95, n).astype(np.float32),
-                 "sh": rng.normal(scale=0.3, size=(n, 16, 3)).astype(np.float32)}
-
-    cap_dir = root / "capture"
-    (cap_dir / "images").mkdir(parents=True)
-    K = pinhole_K(32, 24, 55.0)
-    frames = []
-    for i, eye in enumerate(((0.7, 0.0, 0.4), (0.3, -0.6, 0.5))):
-        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(cap_dir / "images" / f"{i}.png")
-        frames.append({"file_path": f"images/{i}.png",
-                       "transform_matrix": look_at_camera_to_world(np.array(eye), np.array([0.2, 0, 0])).tolist()})
-    write_transforms(cap_dir, 32, 24, K, frames)
-    return {"mesh_dir": mesh_dir, "scene": scene, "gaussians": gaussians, "robot_points": robot,
-            "capture": Capture.load(cap_dir), "root": root}
-
-
-@pytest.fixture(scope="module")
-def twin(inputs, recipe):
-    """The twin authored once for the module (~20 s: CoACD splits the SO-101's jaw colliders)."""
-    from pipeline.sim.build import official_robot_usd
-    from pipeline.twin.author import author_twin, split_splat
-
-    parts = split_splat(inputs["gaussians"], inputs["scene"], [inputs["scene"]["parts"][1]], inputs["robot_points"],
-                        recipe.twin.object_splat_margin_m, recipe.twin.robot_splat_clearance_m)
-    out = inputs["root"] / "twin"
-    path = author_twin(recipe, out, inputs["scene"], inputs["mesh_dir"], parts, inputs["capture"],
-                       official_robot_usd(), {"models/mesh/scene.json": "abc123"})
-    return {"path": path, "parts": parts}
-
-
-def test_splat_split_assigns_every_gaussian_once(inputs, twin):
-    parts = twin["parts"]
+def test_splat_split_assigns_every_gaussian_once(twin_inputs, synthetic_twin):
+    parts = synthetic_twin["parts"]
     counts = (len(parts.scene["means"]), len(parts.robot["means"]), len(parts.objects["cube"]["means"]))
-    assert sum(counts) == len(inputs["gaussians"]["means"])
+    assert sum(counts) == len(twin_inputs["gaussians"]["means"])
     assert counts[2] >= 35  # the cube's 40 (the lowest, within 2 mm of the table, stay with the table)
     assert counts[1] == 25  # the robot's, at its capture pose
 
 
-def test_twin_stage_round_trips(inputs, twin, recipe):
+def test_twin_stage_round_trips(twin_inputs, synthetic_twin, recipe):
     from pxr import Usd, UsdGeom, UsdPhysics, UsdShade, UsdVol
 
     from pipeline.twin.author import camera_intrinsics
     from pipeline.twin.build import stage_summary, validation_errors
 
-    path = twin["path"]
+    path = synthetic_twin["path"]
     stage = Usd.Stage.Open(str(path))
     assert str(stage.GetDefaultPrim().GetPath()) == "/World"
     assert UsdGeom.GetStageUpAxis(stage) == "Z" and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
     assert stage.GetRootLayer().customLayerData["twinloop"]["upstream_md5"] == {"models/mesh/scene.json": "abc123"}
     summary = stage_summary(path)
     assert summary["articulation_roots"] == ["/World/Robot/base"]
-    assert summary["colliders"] == 2 and summary["rigid_bodies"] == ["/World/Objects/cube"]
+    assert summary["colliders"] == 3 and summary["rigid_bodies"] == ["/World/Objects/cube"]
     assert validation_errors(path) == []
     cube = stage.GetPrimAtPath("/World/Objects/cube")
     assert UsdPhysics.MassAPI(cube).GetMassAttr().Get() == pytest.approx(0.015)
 
     # the splat prims hold exactly the Gaussians given, in world coordinates once the cube's frame is applied
-    parts = twin["parts"]
+    parts = synthetic_twin["parts"]
     scene_prim = UsdVol.ParticleField3DGaussianSplat(stage.GetPrimAtPath("/World/Splat/scene"))
     np.testing.assert_allclose(np.asarray(scene_prim.GetPositionsAttr().Get()), parts.scene["means"], atol=1e-7)
     np.testing.assert_allclose(np.asarray(scene_prim.GetOpacitiesAttr().Get()), parts.scene["opacities"])
@@ -132,10 +57,10 @@ def test_twin_stage_round_trips(inputs, twin, recipe):
     # cameras: the capture rig's intrinsics and poses come back exactly
     cam = stage.GetPrimAtPath("/World/Capture/view_001")
     K, w, h = camera_intrinsics(cam)
-    np.testing.assert_allclose(K, inputs["capture"].K, atol=1e-9)
+    np.testing.assert_allclose(K, twin_inputs["capture"].K, atol=1e-9)
     assert (w, h) == (32, 24)
     world = np.array(UsdGeom.Xformable(cam).ComputeLocalToWorldTransform(Usd.TimeCode.Default())).T
-    np.testing.assert_allclose(world, inputs["capture"].frames[1].camera_to_world, atol=1e-9)
+    np.testing.assert_allclose(world, twin_inputs["capture"].frames[1].camera_to_world, atol=1e-9)
     assert stage.GetPrimAtPath("/World/Robot/gripper/wrist").IsA(UsdGeom.Camera)
 
     # the robot copy beside the twin reads anywhere: no Omniverse MDL left, UsdPreviewSurface instead
@@ -144,24 +69,24 @@ def test_twin_stage_round_trips(inputs, twin, recipe):
     assert shaders and all(s.GetShaderId() == "UsdPreviewSurface" for s in shaders)
 
 
-def test_twin_loads_in_newton_and_settles(twin, recipe):
+def test_twin_loads_in_newton_and_settles(synthetic_twin, recipe):
     from pipeline.twin.physics import load_twin, settle, settle_problems
 
-    loaded = load_twin(twin["path"])
+    loaded = load_twin(synthetic_twin["path"])
     assert sorted(loaded.object_bodies) == ["cube"] and len(loaded.robot_dofs) == 6
     assert loaded.physics_dt == pytest.approx(recipe.twin.physics_dt_s)
-    result = settle(twin["path"], 1.0, twin=loaded)
+    result = settle(synthetic_twin["path"], 1.0, twin=loaded)
     assert settle_problems(result, recipe.twin) == []
     assert result["objects"]["cube"]["drift_mm"] < 2.0 and result["penetration_end_mm"] < 1.0
 
 
-def test_object_inside_the_table_fails_the_settle_check(twin, recipe, tmp_path):
+def test_object_inside_the_table_fails_the_settle_check(synthetic_twin, recipe, tmp_path):
     from pxr import Gf, Usd, UsdGeom
 
     from pipeline.twin.physics import settle, settle_problems
 
     broken = tmp_path / "twin"
-    shutil.copytree(twin["path"].parent, broken)
+    shutil.copytree(synthetic_twin["path"].parent, broken)
     stage = Usd.Stage.Open(str(broken / "twin.usd"))
     translate = UsdGeom.Xformable(stage.GetPrimAtPath("/World/Objects/cube")).GetOrderedXformOps()[0]
     x, y, z = translate.Get()
@@ -171,14 +96,14 @@ def test_object_inside_the_table_fails_the_settle_check(twin, recipe, tmp_path):
     assert any("penetration at the start" in p for p in problems)
 
 
-def test_unknown_dynamic_object_is_a_clear_error(inputs, recipe, tmp_path):
+def test_unknown_dynamic_object_is_a_clear_error(twin_inputs, recipe, tmp_path):
     from pipeline.sim.build import official_robot_usd
     from pipeline.twin.author import TwinError, author_twin, split_splat
 
     bad = recipe.model_copy(update={"twin": recipe.twin.model_copy(update={"dynamic_objects": ("mug",)})})
-    parts = split_splat(inputs["gaussians"], inputs["scene"], [], None, 0.004, 0.01)
-    with pytest.raises(TwinError, match=r"dynamic_objects names \['mug'\].*parts \['cube', 'table'\]"):
-        author_twin(bad, tmp_path / "twin", inputs["scene"], inputs["mesh_dir"], parts, inputs["capture"],
+    parts = split_splat(twin_inputs["gaussians"], twin_inputs["scene"], [], None, 0.004, 0.01)
+    with pytest.raises(TwinError, match=r"dynamic_objects names \['mug'\].*parts \['bin', 'cube', 'table'\]"):
+        author_twin(bad, tmp_path / "twin", twin_inputs["scene"], twin_inputs["mesh_dir"], parts, twin_inputs["capture"],
                     official_robot_usd(), {})
     assert not (tmp_path / "twin").exists()
 
@@ -195,11 +120,11 @@ def test_penetration_depth_of_overlapping_boxes():
 
 
 @pytest.mark.skipif(not (REAL_RECORDING / "meta" / "info.json").is_file(), reason="real recording not present")
-def test_replaying_a_real_recording_tracks_its_joints(twin):
+def test_replaying_a_real_recording_tracks_its_joints(synthetic_twin):
     from pipeline.twin.physics import load_twin
     from pipeline.twin.replay import replay_dataset, summarize
 
-    replays = replay_dataset(load_twin(twin["path"]), REAL_RECORDING, max_episodes=1)
+    replays = replay_dataset(load_twin(synthetic_twin["path"]), REAL_RECORDING, max_episodes=1)
     summary = summarize(replays)
     assert summary["episodes"] == 1 and summary["frames"] == len(replays[0].recorded_deg) > 300
     # the twin follows the real arm within a few degrees; a unit or joint-order mistake would be tens of degrees off

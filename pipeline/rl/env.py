@@ -135,7 +135,7 @@ class TwinPickPlaceEnv(DirectRLEnv):
         self.target = self.history[torch.arange(self.num_envs, device=self.device), self.latency]
 
     def _apply_action(self) -> None:
-        self.robot.set_joint_position_target_index(target=self.target)
+        self.robot.actuators.target_command.set_position_index(value=self.target)
 
     def _observation(self) -> dict[str, torch.Tensor]:
         pos, quat = self.cube_local()
@@ -192,7 +192,7 @@ class TwinPickPlaceEnv(DirectRLEnv):
         joint_vel = torch.zeros_like(joint_pos)
         self.robot.write_joint_position_to_sim_index(position=joint_pos, env_ids=env_ids)
         self.robot.write_joint_velocity_to_sim_index(velocity=joint_vel, env_ids=env_ids)
-        self.robot.set_joint_position_target_index(target=joint_pos, env_ids=env_ids)
+        self.robot.actuators.target_command.set_position_index(value=joint_pos, env_ids=env_ids)
         # the cube at a seeded random pose on the table (the workcell's spawn ranges)
         draws = self._draw(k)
         x = _lerp(self.cfg.cube_spawn_x, draws[:, 0])
