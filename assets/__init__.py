@@ -1,7 +1,7 @@
 """Thin Dagster asset + check definitions; each calls one framework-free stage in `pipeline/`."""
 
-from assets import bc, demos, sim, twin
+from assets import bc, demos, rl, sim, twin
 
-ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS, *bc.ASSETS, *twin.ASSETS]
-ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS, *bc.CHECKS, *twin.CHECKS]
+ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS, *bc.ASSETS, *twin.ASSETS, *rl.ASSETS]
+ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS, *bc.CHECKS, *twin.CHECKS, *rl.CHECKS]
 ALL_SENSORS = [*demos.SENSORS]

@@ -11,7 +11,7 @@ from pipeline.config import RecipeError, load_recipe
 
 STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
               "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh",
-              "usd_twin": "models/twin"}
+              "usd_twin": "models/twin", "rl_policy": "models/rl"}
 RUNS_DIR = "runs"
 
 
@@ -123,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         for message in failed + metrics["replay_warnings"]:
             print(f"{'check failed' if message in failed else 'warning'}: {message}", file=sys.stderr)
         return 1 if failed else 0
+    elif args.stage == "rl_policy":
+        from pipeline.rl.train import main as train_rl
+
+        import torch
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        return train_rl(["--params", args.params, "--twin", STAGE_DIRS["usd_twin"], "--bc", STAGE_DIRS["bc_policy"],
+                         "--out", STAGE_DIRS["rl_policy"], "--runs", RUNS_DIR, "--device", device])
     return 0
 
 

@@ -434,7 +434,7 @@ class RlConfig(_Section):
     episode_seconds: Positive = 8.0
     alpha: Positive = 5.0  # total = base + alpha * residual (so101 units; the arm spans -100..100)
     residual_clip: Positive = 1.0
-    iterations: Annotated[int, Field(ge=1)] = 30
+    iterations: Annotated[int, Field(ge=1)] = 24
     steps_per_env: Annotated[int, Field(ge=1)] = 24
     learning_rate: Positive = 3e-4
     init_noise_std: Positive = 0.3
