@@ -1,7 +1,7 @@
 """Thin Dagster asset + check definitions; each calls one framework-free stage in `pipeline/`."""
 
-from assets import bc, demos, rl, sim, twin
+from assets import bc, demos, report, rl, sim, twin
 
-ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS, *bc.ASSETS, *twin.ASSETS, *rl.ASSETS]
-ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS, *bc.CHECKS, *twin.CHECKS, *rl.CHECKS]
+ALL_ASSETS = [*sim.ASSETS, *demos.ASSETS, *bc.ASSETS, *twin.ASSETS, *rl.ASSETS, *report.ASSETS]
+ALL_CHECKS = [*sim.CHECKS, *demos.CHECKS, *bc.CHECKS, *twin.CHECKS, *rl.CHECKS, *report.CHECKS]
 ALL_SENSORS = [*demos.SENSORS]

@@ -11,7 +11,7 @@ from pipeline.config import RecipeError, load_recipe
 
 STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
               "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh",
-              "usd_twin": "models/twin", "rl_policy": "models/rl"}
+              "usd_twin": "models/twin", "rl_policy": "models/rl", "eval_report": "reports/eval"}
 RUNS_DIR = "runs"
 
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one stage into its DVC-tracked folder (no Dagster, no DVC commit)")
     run.add_argument("stage", choices=sorted(STAGE_DIRS))
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where training runs")
+    ev = sub.add_parser("eval", help="evaluate BC vs BC + residual on the twin or a real SO-101 into reports/eval")
+    ev.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
+    ev.add_argument("--dry-run", action="store_true", help="real arm: connect, read joints, move nothing")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.params)
@@ -32,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-recipe":
         print(json.dumps({name: recipe.section_hash(name) for name in type(recipe).model_fields}, indent=2))
         return 0
+    if args.command == "eval" or args.stage == "eval_report":
+        from pipeline.eval.run import main as run_eval
+
+        extra = ["--robot", args.robot] if getattr(args, "robot", None) else []
+        extra += ["--dry-run"] if getattr(args, "dry_run", False) else []
+        return run_eval(["--params", args.params, "--twin", STAGE_DIRS["usd_twin"], "--bc", STAGE_DIRS["bc_policy"],
+                         "--rl", STAGE_DIRS["rl_policy"], "--out", STAGE_DIRS["eval_report"], *extra])
     if args.stage == "sim_workcell":
         from pipeline.workcell import build_sim_workcell
 

@@ -4,7 +4,7 @@
     data:  demos  (+ demos_inbox_sensor: new batches in data/inbox are screened and merged)
     policy: (demos, sim_workcell) -> bc_policy ; (bc_policy, usd_twin) -> rl_policy
     twin:   sim_workcell -> scene_capture -> gaussian_splat -> collision_mesh -> usd_twin (+ demos: replay gap)
-    (next: rl_policy -> eval_report)
+    report: (rl_policy, bc_policy, usd_twin) -> eval_report
 """
 
 import dagster as dg

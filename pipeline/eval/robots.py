@@ -1,0 +1,326 @@
+"""The robots an evaluation runs on, both behind lerobot's `Robot` interface (connect, get_observation,
+send_action, disconnect), so one loop drives either:
+
+  TwinRobot     the USD twin, stepped by MuJoCo's C engine on the model Newton builds from `twin.usd` (the same
+                conversion MJWarp runs in training). Each episode draws held-out domain randomization from its
+                condition seed: cube pose, cube mass, servo gains, command latency, joint-reading noise. Success
+                and the failure class come from simulator state. A *sim proxy* for the real cell.
+  real SO-101   lerobot's `so101_follower` on a serial port (calibration, `max_relative_target` clamp always on,
+                torque released on disconnect); the cube pose the BC policy reads is the placed pose of the
+                condition, and the operator labels the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from lerobot.robots.config import RobotConfig
+from lerobot.robots.robot import Robot
+
+from pipeline.sim.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO, lerobot_to_sim, sim_to_lerobot
+from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+
+#: Failure taxonomy shared by simulator signals and operator keys (key in brackets).
+OUTCOMES = {"success": "s", "no_grasp": "g", "dropped": "d", "misplaced": "m", "timeout": "t"}
+
+
+class RobotUnavailable(RuntimeError):
+    """The robot cannot be reached or used; nothing was moved."""
+
+
+@dataclass
+class Condition:
+    """One initial condition of the paired protocol: a seed and what it draws (the same for both policies)."""
+
+    index: int
+    seed: int
+    cube_xy: tuple[float, float]
+    cube_yaw_deg: float
+    gain_scale: float = 1.0
+    mass_scale: float = 1.0
+    latency_steps: int = 0
+    joint_noise_units: float = 0.0
+
+
+def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition:
+    """The condition of `seed`: cube pose in the workcell's spawn ranges; with `randomization` (rl.randomization's
+    ranges), the held-out physics draws too."""
+    rng = np.random.default_rng(seed)
+    c = cell.cube
+    x, y = rng.uniform(c.spawn_x.low, c.spawn_x.high), rng.uniform(c.spawn_y.low, c.spawn_y.high)
+    yaw = rng.uniform(c.spawn_yaw_deg.low, c.spawn_yaw_deg.high)
+    if randomization is None:
+        return Condition(index, seed, (float(x), float(y)), float(yaw))
+    r = randomization
+    return Condition(index, seed, (float(x), float(y)), float(yaw),
+                     gain_scale=float(rng.uniform(r.joint_gain_scale.low, r.joint_gain_scale.high)),
+                     mass_scale=float(rng.uniform(r.cube_mass_scale.low, r.cube_mass_scale.high)),
+                     latency_steps=int(rng.integers(0, r.max_action_latency_steps + 1)),
+                     joint_noise_units=float(r.joint_noise_units))
+
+
+@RobotConfig.register_subclass("twinloop_twin")
+@dataclass(kw_only=True)
+class TwinRobotConfig(RobotConfig):
+    twin_usd: Path = Path("models/twin/twin.usd")
+    fps: int = 30
+    physics_dt_s: float = 1 / 240
+    success_hold_steps: int = 10
+    home_joint_pos: dict = field(default_factory=dict)  # sim joint name -> rad (default: isaaclab_so101's home)
+
+
+class TwinRobot(Robot):
+    """The twin as a lerobot robot. `start_episode(condition)` places the cube and draws the episode's physics; each
+    `send_action` advances the twin by one control period (1/fps s), so the twin's clock runs with the loop."""
+
+    config_class = TwinRobotConfig
+    name = "twinloop_twin"
+
+    def __init__(self, config: TwinRobotConfig):
+        if config.calibration_dir is None:  # a twin needs no calibration; lerobot's base class wants a folder
+            config.calibration_dir = Path(tempfile.gettempdir()) / "twinloop_twin_calibration"
+        super().__init__(config)
+        self.config = config
+        self._connected = False
+        self.rng = np.random.default_rng(0)
+
+    # --- lerobot Robot interface --------------------------------------------------------------------------------
+    @property
+    def observation_features(self) -> dict:
+        return {**{name: float for name in LEROBOT_JOINT_NAMES}, **{n: float for n in ENVIRONMENT_STATE_NAMES}}
+
+    @property
+    def action_features(self) -> dict:
+        return {name: float for name in LEROBOT_JOINT_NAMES}
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def is_calibrated(self) -> bool:
+        return True
+
+    def calibrate(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
+
+    def connect(self, calibrate: bool = True) -> None:
+        import mujoco
+        from isaaclab_so101.constants import HOME_JOINT_POS, TCP_OFFSET
+
+        from pipeline.rl.task import bin_geometry
+        from pipeline.sim.joints import SIM_JOINTS
+        from pipeline.twin.physics import load_twin, make_solver
+        from pipeline.twin.replay import _free_joint_qpos, _servo_indices
+
+        usd = Path(self.config.twin_usd)
+        if not usd.is_file():
+            raise RobotUnavailable(f"no twin at {usd}: materialize `usd_twin` first")
+        twin = load_twin(usd, "cpu", worlds=1)
+        solver = make_solver(twin)
+        m, d = solver.mj_model, solver.mj_data
+        m.opt.timestep = self.config.physics_dt_s
+        self.solver, self.m, self.d = solver, m, d  # the solver owns the model: keep it alive
+        self.substeps = max(1, round(1 / (self.config.fps * self.config.physics_dt_s)))
+        self.servo = _servo_indices(m)
+        found = _free_joint_qpos(m, d, twin)
+        if found is None:
+            raise RobotUnavailable(f"{usd} has no rigid `cube`: the pick-and-place evaluation needs one")
+        self.cube_adr, self.cube_authored = found
+        self.cube_body = int(m.jnt_bodyid[next(j for j in range(m.njnt) if m.jnt_qposadr[j] == self.cube_adr)])
+        self.gripper_body = next(b for b in range(m.nbody)
+                                 if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or "").endswith("gripper"))
+        home = self.config.home_joint_pos or HOME_JOINT_POS
+        self.home = np.array([home[j] for j in SIM_JOINTS])
+        self.tcp_offset = np.asarray(TCP_OFFSET, dtype=np.float64)
+        centre, half, rim = bin_geometry(usd)
+        self.bin_centre, self.bin_half, self.bin_rim = np.asarray(centre), np.asarray(half), float(rim)
+        self.cube_rest_z = float(self.cube_authored[2])
+        self.default_gains = (m.actuator_gainprm[:, 0].copy(), m.actuator_biasprm[:, 1:3].copy())
+        self.default_mass = (float(m.body_mass[self.cube_body]), m.body_inertia[self.cube_body].copy())
+        self._connected = True
+        self.start_episode(Condition(0, 0, tuple(self.cube_authored[:2]), 0.0))
+
+    def disconnect(self) -> None:
+        self._connected = False
+
+    def get_observation(self) -> dict:
+        units = sim_to_lerobot(self.d.qpos[self.servo["qpos"]])
+        if self.condition.joint_noise_units > 0:
+            units = units + self.rng.normal(0.0, self.condition.joint_noise_units, 6)
+        obs = dict(zip(LEROBOT_JOINT_NAMES, units.astype(float)))
+        obs.update(zip(ENVIRONMENT_STATE_NAMES, self.d.qpos[self.cube_adr:self.cube_adr + 7].astype(float)))
+        return obs
+
+    def send_action(self, action: dict) -> dict:
+        import mujoco
+
+        units = np.clip([action[name] for name in LEROBOT_JOINT_NAMES], LEROBOT_LO, LEROBOT_HI)
+        self.pending.insert(0, lerobot_to_sim(units))
+        target = self.pending.pop() if len(self.pending) > self.condition.latency_steps else self.pending[-1]
+        self.d.ctrl[self.servo["actuator"]] = target
+        mujoco.mj_step(self.m, self.d, nstep=self.substeps)
+        if not np.all(np.isfinite(self.d.qpos)):
+            raise RuntimeError("the twin diverged (non-finite state)")
+        self._update_signals()
+        return dict(zip(LEROBOT_JOINT_NAMES, units.astype(float)))
+
+    # --- episodes and simulator signals -------------------------------------------------------------------------
+    def start_episode(self, condition: Condition) -> None:
+        """Robot at home and at rest, cube at the condition's pose, the condition's physics draws applied."""
+        import mujoco
+
+        m, d = self.m, self.d
+        self.condition = condition
+        self.rng = np.random.default_rng(condition.seed + 1)  # joint-reading noise, reproducible per condition
+        kp, bias = self.default_gains
+        m.actuator_gainprm[:, 0] = kp * condition.gain_scale
+        m.actuator_biasprm[:, 1:3] = bias * condition.gain_scale
+        mass, inertia = self.default_mass
+        m.body_mass[self.cube_body] = mass * condition.mass_scale
+        m.body_inertia[self.cube_body] = inertia * condition.mass_scale
+        mujoco.mj_resetData(m, d)
+        d.qpos[self.servo["qpos"]] = self.home
+        d.ctrl[self.servo["actuator"]] = self.home
+        yaw = math.radians(condition.cube_yaw_deg)
+        d.qpos[self.cube_adr:self.cube_adr + 7] = [*condition.cube_xy, self.cube_rest_z,
+                                                   math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+        mujoco.mj_forward(m, d)
+        self.pending = [self.home.copy()] * condition.latency_steps
+        self.rest_steps, self.max_lift, self.steps = 0, 0.0, 0
+        self.released_at: np.ndarray | None = None  # cube xy when it last left the gripper while lifted
+        self._held_lifted = False
+
+    def tcp(self) -> np.ndarray:
+        rot = self.d.xmat[self.gripper_body].reshape(3, 3)
+        return self.d.xpos[self.gripper_body] + rot @ self.tcp_offset
+
+    def cube_pos(self) -> np.ndarray:
+        return self.d.qpos[self.cube_adr:self.cube_adr + 3].copy()
+
+    def in_bin(self) -> bool:
+        """The env's success test: inside the bin's footprint, below its rim, slow, and released."""
+        pos = self.cube_pos()
+        inside = bool(np.all(np.abs(pos[:2] - self.bin_centre[:2]) < self.bin_half))
+        below_rim = pos[2] < self.bin_rim + 0.02
+        slow = np.linalg.norm(self._cube_lin_vel()) < 0.05
+        released = np.linalg.norm(self.tcp() - pos) > 0.03
+        return inside and below_rim and slow and released
+
+    def _cube_lin_vel(self) -> np.ndarray:
+        import mujoco
+
+        vel = np.zeros(6)
+        mujoco.mj_objectVelocity(self.m, self.d, mujoco.mjtObj.mjOBJ_BODY, self.cube_body, vel, 0)
+        return vel[3:]
+
+    def _update_signals(self) -> None:
+        self.steps += 1
+        pos = self.cube_pos()
+        lift = pos[2] - self.cube_rest_z
+        self.max_lift = max(self.max_lift, lift)
+        held = np.linalg.norm(self.tcp() - pos) < 0.03
+        if self._held_lifted and not held:
+            self.released_at = pos[:2].copy()
+        self._held_lifted = held and lift > 0.01
+        self.rest_steps = self.rest_steps + 1 if self.in_bin() else 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.rest_steps >= self.config.success_hold_steps
+
+    @property
+    def fell(self) -> bool:
+        return self.cube_pos()[2] < -0.05
+
+    def outcome(self) -> str:
+        """success, or why not: no_grasp (never lifted 2 cm), timeout (still holding it), misplaced (let go over or
+        next to the bin but it is not resting inside), dropped (let go elsewhere)."""
+        if self.succeeded:
+            return "success"
+        if self.max_lift < 0.02:
+            return "no_grasp"
+        pos = self.cube_pos()
+        if np.linalg.norm(self.tcp() - pos) < 0.03 and pos[2] > self.cube_rest_z + 0.005:
+            return "timeout"
+        near = self.bin_half + 0.03
+        spot = self.released_at if self.released_at is not None else pos[:2]
+        if np.all(np.abs(spot - self.bin_centre[:2]) < near) or np.all(np.abs(pos[:2] - self.bin_centre[:2]) < near):
+            return "misplaced"
+        return "dropped"
+
+    def render(self, width: int = 320, height: int = 240) -> np.ndarray | None:
+        """An RGB frame of the twin's physics (collision shapes: arm, table, bin, cube) from the front, or None
+        where no OpenGL context can be made (MUJOCO_GL=egl or osmesa)."""
+        import mujoco
+
+        try:
+            if getattr(self, "_renderer", None) is None:
+                self._colour_geoms()
+                self._renderer = mujoco.Renderer(self.m, height, width)
+            cam = mujoco.MjvCamera()
+            cam.lookat[:] = [0.17, 0.05, 0.05]
+            cam.distance, cam.azimuth, cam.elevation = 0.75, 200.0, -35.0
+            self._renderer.update_scene(self.d, camera=cam)
+            return self._renderer.render().copy()
+        except Exception:  # no GL context on this machine: the report says so
+            self._renderer = None
+            return None
+
+    def _colour_geoms(self) -> None:
+        import mujoco
+
+        for g in range(self.m.ngeom):
+            body = mujoco.mj_id2name(self.m, mujoco.mjtObj.mjOBJ_BODY, int(self.m.geom_bodyid[g])) or ""
+            name = (mujoco.mj_id2name(self.m, mujoco.mjtObj.mjOBJ_GEOM, g) or "").lower()
+            if int(self.m.geom_bodyid[g]) == self.cube_body:
+                rgba = (0.85, 0.1, 0.1, 1)
+            elif "bin" in name:
+                rgba = (0.15, 0.35, 0.85, 1)
+            elif "table" in name or self.m.geom_bodyid[g] == 0:
+                rgba = (0.8, 0.75, 0.65, 1)
+            else:
+                rgba = (0.95, 0.6, 0.1, 1) if "robot" in body.lower() or body else (0.6, 0.6, 0.6, 1)
+            self.m.geom_rgba[g] = rgba
+
+
+@dataclass(kw_only=True)
+class RealArmSettings:
+    port: str
+    robot_id: str = "twinloop_follower"
+    calibration_dir: str = ""
+    max_relative_target: float = 10.0
+    cameras: dict = field(default_factory=dict)  # name -> {index_or_path, width, height, fps}
+
+
+def make_real_robot(settings: RealArmSettings) -> Robot:
+    """lerobot's so101_follower for this port, in Twinloop's joint units (-100..100, gripper 0..100); refuses, before
+    touching anything, when the port does not exist or the clamp is off."""
+    from lerobot.robots.so_follower import SO101Follower, SO101FollowerConfig
+
+    if not settings.port:
+        raise RobotUnavailable("eval.real.port is empty: set the follower's serial port (e.g. /dev/ttyACM0; "
+                               "`lerobot-find-port` tells which)")
+    if not Path(settings.port).exists():
+        raise RobotUnavailable(f"serial port {settings.port} does not exist: is the follower plugged in and "
+                               "powered? (`lerobot-find-port` lists ports)")
+    if not settings.max_relative_target or settings.max_relative_target <= 0:
+        raise RobotUnavailable("eval.real.max_relative_target must be > 0: the per-step clamp is always on for real "
+                               "arms")
+    cameras = {}
+    if settings.cameras:
+        from lerobot.cameras.opencv import OpenCVCameraConfig
+
+        cameras = {name: OpenCVCameraConfig(**spec) for name, spec in settings.cameras.items()}
+    config = SO101FollowerConfig(port=settings.port, id=settings.robot_id,
+                                 calibration_dir=Path(settings.calibration_dir) if settings.calibration_dir else None,
+                                 max_relative_target=settings.max_relative_target, use_degrees=False,
+                                 disable_torque_on_disconnect=True, cameras=cameras)
+    return SO101Follower(config)

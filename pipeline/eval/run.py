@@ -1,0 +1,270 @@
+"""Stage `eval_report`: run BC alone and BC + residual on the same initial conditions and write the report.
+
+    python -m pipeline.eval.run                          # the twin (sim proxy), as the Dagster asset does
+    python -m pipeline.eval.run --robot so101_follower   # a real arm: the operator places cubes and labels outcomes
+    python -m pipeline.eval.run --robot so101_follower --dry-run   # connect, read, move nothing
+
+Paired protocol: condition k (seed eval.seed + k) runs both policies, BC first on even k and BC + residual first on
+odd k, so drift (battery, lighting, wear) does not favour either. Every rollout is recorded as a LeRobot dataset.
+
+Writes `reports/eval/`: report.html (self-contained), report.md, metrics.json, figures/*.png,
+rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome), eval_config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Recipe, load_recipe
+from pipeline.eval.policies import BCPolicy, PolicyError, ResidualPolicy
+from pipeline.eval.robots import Condition, RobotUnavailable, draw_condition
+
+ROLLOUTS_REPO_ID = "twinloop/eval_rollouts"
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run with these inputs (the message says why); nothing was written."""
+
+
+def load_policies(recipe: Recipe, bc_dir: Path, rl_dir: Path, device: str = "cpu") -> list:
+    bc_checkpoint = Path(bc_dir) / "pretrained_model"
+    task = recipe.demos.task
+    try:
+        policies = [BCPolicy(bc_checkpoint, device, task), ResidualPolicy(rl_dir, bc_checkpoint, device, task)]
+        for k, extra in enumerate(recipe.eval.extra_policies, start=1):
+            p = ResidualPolicy(Path(extra), bc_checkpoint, device, task)
+            p.name, p.label = f"bc_residual_{k}", f"BC + residual ({Path(extra).name})"
+            policies.append(p)
+    except PolicyError as exc:
+        raise EvalError(str(exc)) from None
+    return policies
+
+
+def run_pairs(robot, policies: list, conditions: list[Condition], fps: int, max_steps: int, *, cube_z: float = 0.0,
+              operator=None, prepare=None, progress=None) -> list:
+    """Every policy on every condition; the first two alternate who goes first. `prepare(condition, policy)` sets
+    the condition up before each rollout (the twin places the cube; a real cell asks the operator)."""
+    from pipeline.eval.loop import run_episode
+
+    rollouts = []
+    for cond in conditions:
+        order = list(policies) if cond.index % 2 == 0 else [policies[1], policies[0], *policies[2:]]
+        for position, policy in enumerate(order):
+            if prepare is not None:
+                prepare(cond, policy)
+            rollouts.append(run_episode(robot, policy, cond, position, fps=fps, max_steps=max_steps, cube_z=cube_z,
+                                        operator=operator))
+            if progress is not None:
+                progress(rollouts[-1])
+    return rollouts
+
+
+def record_rollouts(rollouts: list, out_dir: Path, fps: int, task: str, robot_type: str) -> int:
+    """All rollouts as one LeRobot v3 dataset (episode i = rollout i) + rollouts.csv; returns the frame count."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pipeline.sim.joints import LEROBOT_JOINT_NAMES
+    from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+
+    joints = {"dtype": "float32", "shape": (6,), "names": list(LEROBOT_JOINT_NAMES)}
+    features = {"observation.state": dict(joints), "action": dict(joints),
+                "observation.environment_state": {"dtype": "float32", "shape": (7,),
+                                                  "names": list(ENVIRONMENT_STATE_NAMES)},
+                "policy.base_action": dict(joints), "policy.residual": dict(joints)}
+    first = rollouts[0].frames[0]
+    for key, value in first.items():
+        if key.startswith("observation.images."):
+            features[key] = {"dtype": "video", "shape": tuple(value.shape), "names": ["height", "width", "channels"]}
+    dataset = LeRobotDataset.create(repo_id=ROLLOUTS_REPO_ID, fps=fps, root=out_dir, robot_type=robot_type,
+                                    features=features, use_videos=any(k.startswith("observation.images.")
+                                                                      for k in first))
+    frames = 0
+    with open(out_dir / "rollouts.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["episode_index", "condition", "seed", "policy", "order", "outcome", "steps", "seconds",
+                         "cube_x", "cube_y", "cube_yaw_deg", "gain_scale", "mass_scale", "latency_steps"])
+        for i, r in enumerate(rollouts):
+            for frame in r.frames:
+                dataset.add_frame({**{k: v for k, v in frame.items() if k in features}, "task": task})
+            dataset.save_episode()
+            frames += len(r.frames)
+            c = r.condition
+            writer.writerow([i, c.index, c.seed, r.policy, r.order, r.outcome, r.steps, f"{r.seconds:.3f}",
+                             f"{c.cube_xy[0]:.4f}", f"{c.cube_xy[1]:.4f}", f"{c.cube_yaw_deg:.1f}",
+                             f"{c.gain_scale:.3f}", f"{c.mass_scale:.3f}", c.latency_steps])
+    dataset.finalize()
+    return frames
+
+
+def evaluate_on_twin(recipe: Recipe, twin_dir: Path, policies: list, progress=None) -> tuple[list, object]:
+    from pipeline.eval.robots import TwinRobot, TwinRobotConfig
+
+    cfg = recipe.eval
+    robot = TwinRobot(TwinRobotConfig(id="twin", twin_usd=Path(twin_dir) / "twin.usd", fps=recipe.workcell.fps,
+                                      physics_dt_s=recipe.rl.physics_dt_s,
+                                      success_hold_steps=recipe.rl.success_hold_steps))
+    try:
+        robot.connect()
+    except RobotUnavailable as exc:
+        raise EvalError(str(exc)) from None
+    rand = recipe.rl.randomization if cfg.randomize else None
+    conditions = [draw_condition(k, cfg.seed + k, recipe.workcell, rand) for k in range(cfg.pairs)]
+    max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
+    try:
+        rollouts = run_pairs(robot, policies, conditions, recipe.workcell.fps, max_steps,
+                             prepare=lambda cond, _policy: robot.start_episode(cond), progress=progress)
+    finally:
+        robot.disconnect()
+    return rollouts, robot
+
+
+def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, rl_dir: Path, out_dir: Path,
+                      robot_kind: str | None = None, log=print) -> dict:
+    """The twin evaluation (or a real one with `robot_kind="so101_follower"`), recorded and reported."""
+    from tqdm import tqdm
+
+    from pipeline.artifacts import replace_dir, staging_dir
+    from pipeline.eval import report
+
+    cfg = recipe.eval
+    kind = robot_kind or cfg.robot
+    policies = load_policies(recipe, bc_dir, rl_dir)
+    t0 = time.perf_counter()
+    total = cfg.pairs * len(policies)
+    bar = tqdm(total=total, desc="eval rollouts", unit="ep", disable=not sys.stderr.isatty())
+    done = {"n": 0}
+
+    def progress(r):
+        bar.update(1)
+        done["n"] += 1
+        if done["n"] % max(1, total // 10) == 0 or done["n"] == total:
+            log(f"{done['n']}/{total} rollouts; last: {r.policy} on condition {r.condition.index}: {r.outcome}")
+
+    if kind == "twin":
+        rollouts, robot = evaluate_on_twin(recipe, twin_dir, policies, progress)
+        robot_label = "the USD twin (sim proxy, held-out randomization)" if cfg.randomize else \
+            "the USD twin (sim proxy)"
+        bin_box = (tuple(robot.bin_centre[:2] - robot.bin_half), tuple(robot.bin_centre[:2] + robot.bin_half))
+        robot_type = "so101_follower_twin"
+    else:
+        rollouts, bin_box = evaluate_on_real_arm(recipe, twin_dir, policies, progress)
+        robot_label = f"a real SO-101 ({cfg.real.port})"
+        robot_type = "so101_follower"
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary = report.summarize(rollouts, recipe.workcell.fps)
+    log(f"BC {summary['policies']['bc']['successes']}/{summary['pairs']}, BC + residual "
+        f"{summary['policies']['bc_residual']['successes']}/{summary['pairs']} ({seconds:.0f} s)")
+
+    staging = staging_dir(Path(out_dir))
+    (staging / "figures").mkdir(parents=True)
+    frames = record_rollouts(rollouts, staging / "rollouts", recipe.workcell.fps, recipe.demos.task, robot_type)
+    res = next(p for p in policies if p.name == "bc_residual")
+    used = {"BC checkpoint": Path(bc_dir) / "pretrained_model" / "model.safetensors",
+            "residual actor": Path(rl_dir) / res.manifest["residual_actor"]}
+    if kind == "twin":
+        used["twin"] = Path(twin_dir) / "twin.usd"
+    lineage = report.lineage(root, used)
+    figs = report.figures(summary, rollouts, bin_box, res.alpha, cfg.failure_examples)
+    files = {}
+    for name, png in figs.items():
+        (staging / "figures" / f"{name}.png").write_bytes(png)
+        files[name] = f"figures/{name}.png"
+    md = report.markdown(summary, rollouts, lineage, robot_label, files)
+    (staging / "report.md").write_text(md)
+    (staging / "report.html").write_text(report.html_document(md, figs))
+    metrics = {"robot": kind, "robot_label": robot_label, **summary, "rollout_frames": frames,
+               "seconds": round(seconds, 1), "lineage": lineage}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (staging / "eval_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    replace_dir(staging, Path(out_dir))
+    return metrics
+
+
+def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progress=None):
+    """The same pairs on a real follower: the operator places the cube at each condition's pose and labels each
+    outcome with one key; torque is released on any exit (lerobot's disconnect), Ctrl-C included."""
+    from pipeline.eval.loop import OperatorKeys
+    from pipeline.eval.robots import RealArmSettings, make_real_robot
+    from pipeline.rl.task import bin_geometry
+
+    cfg = recipe.eval
+    robot = make_real_robot(RealArmSettings(**cfg.real.model_dump(exclude={"cube_z_m"})))
+    conditions = [draw_condition(k, cfg.seed + k, recipe.workcell) for k in range(cfg.pairs)]
+    max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
+    centre, half, _ = bin_geometry(Path(twin_dir) / "twin.usd")
+    bin_box = ((centre[0] - half[0], centre[1] - half[1]), (centre[0] + half[0], centre[1] + half[1]))
+
+    def prepare(cond: Condition, policy) -> None:
+        input(f"\ncondition {cond.index} ({policy.label}): place the cube at x={cond.cube_xy[0]:.3f} m, "
+              f"y={cond.cube_xy[1]:.3f} m, yaw {cond.cube_yaw_deg:.0f} deg (robot base frame); Enter to start ")
+
+    robot.connect()
+    try:
+        with OperatorKeys() as keys:
+            rollouts = run_pairs(robot, policies, conditions, recipe.workcell.fps, max_steps,
+                                 cube_z=cfg.real.cube_z_m, operator=keys, prepare=prepare, progress=progress)
+    finally:
+        robot.disconnect()  # disable_torque_on_disconnect: the arm goes limp whatever happened
+    return rollouts, bin_box
+
+
+def dry_run(recipe: Recipe, seconds: float = 3.0, log=print) -> dict:
+    """Connect to the real follower, read joints (and cameras) for `seconds`, send nothing, disconnect."""
+    from pipeline.eval.robots import RealArmSettings, make_real_robot
+    from pipeline.sim.joints import LEROBOT_JOINT_NAMES
+
+    robot = make_real_robot(RealArmSettings(**recipe.eval.real.model_dump(exclude={"cube_z_m"})))
+    robot.connect()
+    readings = []
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            obs = robot.get_observation()
+            readings.append([obs[k] for k in LEROBOT_JOINT_NAMES])
+            time.sleep(1 / recipe.workcell.fps)
+    finally:
+        robot.disconnect()
+    arr = np.asarray(readings)
+    result = {"reads": len(arr), "mean": dict(zip(LEROBOT_JOINT_NAMES, arr.mean(0).round(2).tolist())),
+              "spread": dict(zip(LEROBOT_JOINT_NAMES, np.ptp(arr, 0).round(2).tolist()))}
+    log(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.eval.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--twin", default="models/twin")
+    parser.add_argument("--bc", default="models/bc")
+    parser.add_argument("--rl", default="models/rl")
+    parser.add_argument("--out", default="reports/eval")
+    parser.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
+    parser.add_argument("--dry-run", action="store_true", help="real arm: connect and read, move nothing")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.params)
+        if args.dry_run:
+            dry_run(recipe)
+            return 0
+        metrics = build_eval_report(recipe, Path(args.root), Path(args.twin), Path(args.bc), Path(args.rl),
+                                    Path(args.out), args.robot)
+    except (EvalError, RobotUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("lineage",)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The `eval_report` stage: statistics, the two policies, the twin as a lerobot robot, the paired loop and report,
+and the real-arm path (lerobot's so101_follower over a stand-in motor bus; refusals when the port is absent)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests_helpers import ROOT
+
+
+# --- statistics ---------------------------------------------------------------------------------------------------
+def test_wilson_interval_by_hand():
+    from pipeline.stats import wilson_interval
+
+    k, n, z = 5, 32, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half), abs=1e-12)
+
+
+def test_mcnemar_exact_by_hand():
+    from pipeline.stats import mcnemar_exact, paired_counts
+
+    assert paired_counts([1, 1, 0, 0, 1], [1, 0, 1, 0, 0]) == {"both": 1, "only_first": 2, "only_second": 1,
+                                                              "neither": 1}
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 2 ** 6)  # all 6 discordant pairs favour one side
+    assert mcnemar_exact(1, 7) == pytest.approx(2 * (1 + 8) / 2 ** 8)  # 2 P(X <= 1), X ~ Bin(8, 1/2)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_difference_interval():
+    from pipeline.stats import paired_difference_interval, wilson_interval
+
+    # Fagerland, Lydersen & Laake's worked example (Bentur et al. 2009): 1 both, 1 first only, 7 second only,
+    # 12 neither; computed here step by step from their square-and-add definition.
+    first = [1] * 1 + [1] * 1 + [0] * 7 + [0] * 12
+    second = [1] * 1 + [0] * 1 + [1] * 7 + [0] * 12
+    n = 21
+    l1, u1 = wilson_interval(2, n)
+    l2, u2 = wilson_interval(8, n)
+    p1, p2 = 2 / n, 8 / n
+    a = 1 * 12 - 7 * 1  # second-as-rows table: A D - B C = 1*12 - 7*1 = 5 <= n / 2 -> no correlation term
+    assert 0 <= a <= n / 2
+    low = (p2 - p1) - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
+    high = (p2 - p1) + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+    assert paired_difference_interval(first, second) == pytest.approx((6 / 21, low, high), abs=1e-12)
+    # identical outcomes: no difference, an interval around 0; total improvement: bounded by 1
+    same = [1, 0, 1, 1, 0, 0, 1, 1, 1, 0]
+    d, lo, hi = paired_difference_interval(same, same)
+    assert d == 0 and lo < 0 < hi
+    d, lo, hi = paired_difference_interval([0] * 10, [1] * 10)
+    assert d == 1 and 0 < lo < 1 and hi == 1
+
+
+# --- policies -----------------------------------------------------------------------------------------------------
+def _actor(kind: str, value: float = 0.0):
+    import torch
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.value = value
+
+        def forward(self, obs):
+            return obs[:, :6] * 0 + self.value
+
+    class FromPrevious(torch.nn.Module):  # reads the previous residual: where the env puts it (obs 12:18)
+        def __init__(self):
+            super().__init__()
+            self.value = value
+
+        def forward(self, obs):
+            return obs[:, 12:18] + self.value
+
+    return torch.jit.script(Constant() if kind == "constant" else FromPrevious())
+
+
+def _rl_dir(path, bc_dir, actor, alpha=5.0, clip=1.0):
+    from pipeline.sim.build import file_md5
+
+    path.mkdir(parents=True, exist_ok=True)
+    actor.save(str(path / "residual_actor.pt"))
+    (path / "policy_manifest.json").write_text(json.dumps({
+        "kind": "bc+residual", "bc_model_md5": file_md5(bc_dir / "pretrained_model" / "model.safetensors"),
+        "residual_actor": "residual_actor.pt", "alpha": alpha, "residual_clip": clip}))
+    return path
+
+
+def _frames(count=5):
+    rng = np.random.default_rng(0)
+    return [{"observation.state": rng.uniform(-30, 30, 6).astype(np.float32),
+             "observation.environment_state": np.array([0.2, 0.0, 0.0125, 1, 0, 0, 0], np.float32)}
+            for _ in range(count)]
+
+
+def test_residual_policy_is_bc_plus_alpha_clipped_residual(tmp_path, tiny_bc):
+    from pipeline.eval.policies import BCPolicy, PolicyError, ResidualPolicy
+
+    bc_dir = tiny_bc[0]
+    ckpt = bc_dir / "pretrained_model"
+    bc = BCPolicy(ckpt)
+    zero = ResidualPolicy(_rl_dir(tmp_path / "zero", bc_dir, _actor("constant", 0.0)), ckpt)
+    growing = ResidualPolicy(_rl_dir(tmp_path / "grow", bc_dir, _actor("previous", 0.4)), ckpt)
+    for p in (bc, zero, growing):
+        p.reset()
+    for t, frame in enumerate(_frames()):
+        b, z, g = bc.act(frame), zero.act(frame), growing.act(frame)
+        np.testing.assert_array_equal(z.action, b.action)  # a zero residual is exactly BC
+        expected = min(0.4 * (t + 1), 1.0)  # previous residual + 0.4, clipped at residual_clip
+        np.testing.assert_allclose(g.residual, expected, atol=1e-6)
+        np.testing.assert_allclose(g.action, b.action + 5.0 * expected, atol=1e-4)
+    with pytest.raises(PolicyError, match="trained on the BC checkpoint"):
+        manifest = json.loads((tmp_path / "zero" / "policy_manifest.json").read_text())
+        manifest["bc_model_md5"] = "0" * 32
+        (tmp_path / "zero" / "policy_manifest.json").write_text(json.dumps(manifest))
+        ResidualPolicy(tmp_path / "zero", ckpt)
+    with pytest.raises(PolicyError, match="materialize `rl_policy`"):
+        ResidualPolicy(tmp_path / "absent", ckpt)
+
+
+# --- the twin as a robot, the paired loop, the report -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def twin_robot(synthetic_twin, recipe):
+    from pipeline.eval.robots import TwinRobot, TwinRobotConfig
+
+    robot = TwinRobot(TwinRobotConfig(id="test", twin_usd=synthetic_twin["path"], fps=30,
+                                      physics_dt_s=recipe.rl.physics_dt_s))
+    robot.connect()
+    yield robot
+    robot.disconnect()
+
+
+def test_twin_robot_places_conditions_and_replays_them_identically(twin_robot, recipe, tiny_bc):
+    from pipeline.eval.loop import run_episode
+    from pipeline.eval.policies import BCPolicy
+    from pipeline.eval.robots import draw_condition
+
+    a = draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
+    b = draw_condition(1, 12, recipe.workcell, recipe.rl.randomization)
+    assert a != b and a == draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
+    assert 0.85 <= a.gain_scale <= 1.15 and 0.8 <= a.mass_scale <= 1.25 and a.latency_steps in (0, 1)
+    twin_robot.start_episode(a)
+    obs = twin_robot.get_observation()
+    assert (obs["cube_x"], obs["cube_y"]) == pytest.approx(a.cube_xy, abs=1e-9)
+    assert math.degrees(2 * math.atan2(obs["cube_qz"], obs["cube_qw"])) == pytest.approx(a.cube_yaw_deg, abs=1e-6)
+    policy = BCPolicy(tiny_bc[0] / "pretrained_model")
+    runs = []
+    for _ in range(2):  # the same condition twice: the same rollout (what makes the pairs fair)
+        twin_robot.start_episode(a)
+        runs.append(run_episode(twin_robot, policy, a, 0, fps=30, max_steps=12, keyframes=False))
+    assert runs[0].steps == 12 and runs[0].outcome in ("no_grasp", "dropped", "misplaced", "timeout", "success")
+    for f0, f1 in zip(runs[0].frames, runs[1].frames):
+        np.testing.assert_array_equal(f0["action"], f1["action"])
+        np.testing.assert_array_equal(f0["observation.state"], f1["observation.state"])
+    # commands outside the joint ranges are clipped to them (joint limits always on)
+    sent = twin_robot.send_action({k: 500.0 for k in twin_robot.action_features})
+    assert max(sent.values()) == 100.0
+
+
+def test_twin_outcome_classes_from_simulator_state(twin_robot, recipe):
+    from pipeline.eval.robots import Condition
+
+    cond = Condition(0, 0, (0.22, 0.05), 0.0)
+    twin_robot.start_episode(cond)
+    assert twin_robot.outcome() == "no_grasp"  # never lifted
+    twin_robot.max_lift = 0.05  # lifted, then let go far from the bin
+    twin_robot.released_at = np.array([0.3, -0.1])
+    assert twin_robot.outcome() == "dropped"
+    twin_robot.released_at = twin_robot.bin_centre[:2] + np.array([twin_robot.bin_half[0] + 0.01, 0.0])
+    assert twin_robot.outcome() == "misplaced"  # let go at the bin's edge
+    # the cube resting inside the bin, released, for success_hold_steps control steps: success
+    centre = twin_robot.bin_centre
+    twin_robot.start_episode(Condition(1, 1, (float(centre[0]), float(centre[1])), 0.0))
+    twin_robot.d.qpos[twin_robot.cube_adr + 2] = centre[2] + 0.0125 + 0.004
+    hold = {k: v for k, v in twin_robot.get_observation().items() if k.endswith(".pos")}
+    for _ in range(recipe.rl.success_hold_steps + 5):
+        twin_robot.send_action(hold)
+    assert twin_robot.in_bin() and twin_robot.succeeded and twin_robot.outcome() == "success"
+
+
+def test_twin_evaluation_writes_the_report_and_rollouts(tmp_path, recipe, synthetic_twin, tiny_bc):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pipeline.eval.run import ROLLOUTS_REPO_ID, EvalError, build_eval_report
+
+    rl = _rl_dir(tmp_path / "rl", tiny_bc[0], _actor("constant", 0.3))
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  usd_twin:\n    cmd: twinloop run usd_twin\n"
+                                   "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
+                                   "      nfiles: 3\n")
+    small = recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"pairs": 3, "episode_seconds": 0.5, "failure_examples": 2})})
+    out = tmp_path / "reports" / "eval"
+    metrics = build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], rl, out, log=lambda m: None)
+
+    assert metrics["pairs"] == 3 and metrics["robot"] == "twin"
+    for name in ("bc", "bc_residual"):
+        s = metrics["policies"][name]
+        assert s["episodes"] == 3 and sum(s["outcomes"].values()) == 3
+        assert s["ci95"][0] <= s["success_rate"] <= s["ci95"][1]
+    p = metrics["paired"]
+    assert p["both_succeed"] + p["only_bc"] + p["only_bc_residual"] + p["neither"] == 3
+    with open(out / "rollouts" / "rollouts.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["condition"], r["policy"], r["order"]) for r in rows] == [
+        ("0", "bc", "0"), ("0", "bc_residual", "1"), ("1", "bc_residual", "0"), ("1", "bc", "1"),
+        ("2", "bc", "0"), ("2", "bc_residual", "1")]  # alternating who goes first
+    data = LeRobotDataset(ROLLOUTS_REPO_ID, root=out / "rollouts")
+    assert data.meta.total_episodes == 6 and data.meta.total_frames == metrics["rollout_frames"]
+    residual_ep = next(int(r["episode_index"]) for r in rows if r["policy"] == "bc_residual")
+    frame = data[int(data.meta.episodes["dataset_from_index"][residual_ep])]
+    np.testing.assert_allclose(frame["policy.residual"].numpy(), 0.3, atol=1e-6)
+    np.testing.assert_allclose(frame["action"].numpy(),
+                               np.clip(frame["policy.base_action"].numpy() + 1.5, -100, 100), atol=1e-3)
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "sim proxy" in page.lower()
+    md = (out / "report.md").read_text()
+    assert "0123456789abcdef0123456789abcdef.dir" in md  # the lineage table reads dvc.lock
+    assert metrics["lineage"]["files"]["twin"]["md5"]
+    assert (out / "figures" / "summary.png").is_file()
+
+    with pytest.raises(EvalError, match="materialize `rl_policy`"):
+        build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], tmp_path / "none", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# --- the real arm: lerobot's so101_follower over a stand-in motor bus ---------------------------------------------
+class StandInBus:
+    """The slice of lerobot's FeetechMotorsBus that SOFollower uses, in memory: joints move to each goal."""
+
+    def __init__(self, motors):
+        self.motors = motors
+        self.position = {m: 0.0 for m in motors}
+        self.position["gripper"] = 50.0
+        self.is_connected = False
+        self.writes: list[dict] = []
+        self.torque_released = False
+
+    def connect(self):
+        self.is_connected = True
+
+    @property
+    def is_calibrated(self):
+        return True
+
+    def torque_disabled(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def configure_motors(self):
+        pass
+
+    def write(self, *args):
+        pass
+
+    def sync_read(self, register, num_retry=0):
+        return dict(self.position)
+
+    def sync_write(self, register, values):
+        self.writes.append(dict(values))
+        self.position.update(values)
+
+    def disconnect(self, disable_torque=True):
+        self.is_connected = False
+        self.torque_released = disable_torque
+
+
+def _real_robot(tmp_path, max_relative_target=10.0):
+    from pipeline.eval.robots import RealArmSettings, make_real_robot
+
+    port = tmp_path / "ttyACM_test"
+    port.write_text("")  # the port must exist; the stand-in bus replaces the serial link
+    robot = make_real_robot(RealArmSettings(port=str(port), calibration_dir=str(tmp_path / "calib"),
+                                            max_relative_target=max_relative_target))
+    robot.bus = StandInBus(robot.bus.motors)
+    return robot
+
+
+class ScriptedOperator:
+    def __init__(self, label, after):
+        self.label, self.after, self.polls = label, after, 0
+
+    def poll(self):
+        self.polls += 1
+        return self.label if self.polls >= self.after else None
+
+    def ask(self):
+        return "timeout"
+
+
+class FarPolicy:
+    """Asks for targets far from the present joints: the clamp must cut every step."""
+
+    name, label = "far", "far"
+
+    def reset(self):
+        pass
+
+    def act(self, frame):
+        from pipeline.eval.policies import Step
+
+        target = np.array([90.0, -90.0, 90.0, -90.0, 90.0, 100.0])
+        return Step(target, target, np.zeros(6))
+
+
+def test_real_arm_clamps_each_step_and_takes_operator_labels(tmp_path):
+    from pipeline.eval.loop import run_episode
+    from pipeline.eval.robots import Condition
+
+    robot = _real_robot(tmp_path)
+    robot.connect()
+    cond = Condition(0, 0, (0.2, 0.0), 30.0)
+    try:
+        rollout = run_episode(robot, FarPolicy(), cond, 0, fps=200, max_steps=50, cube_z=0.0125,
+                              operator=ScriptedOperator("dropped", after=4))
+    finally:
+        robot.disconnect()
+    assert rollout.outcome == "dropped" and rollout.steps == 4
+    steps = np.array([[w[m] for m in robot.bus.motors] for w in robot.bus.writes])
+    start = np.array([0.0] * 5 + [50.0])
+    moves = np.abs(np.diff(np.vstack([start, steps]), axis=0))
+    assert moves.max() == pytest.approx(10.0)  # lerobot's max_relative_target clamp, every step
+    env = rollout.frames[0]["observation.environment_state"]
+    np.testing.assert_allclose(env[:3], [0.2, 0.0, 0.0125], atol=1e-6)  # the placed pose stands in for a tracker
+    assert robot.bus.torque_released
+
+
+def test_real_arm_releases_torque_when_the_policy_fails(tmp_path):
+    from pipeline.eval.loop import run_episode
+    from pipeline.eval.robots import Condition
+
+    class Broken(FarPolicy):
+        def act(self, frame):
+            raise RuntimeError("policy crashed")
+
+    robot = _real_robot(tmp_path)
+    robot.connect()
+    with pytest.raises(RuntimeError, match="policy crashed"):
+        try:
+            run_episode(robot, Broken(), Condition(0, 0, (0.2, 0.0), 0.0), 0, fps=200, max_steps=5,
+                        operator=ScriptedOperator("success", after=99))
+        finally:
+            robot.disconnect()
+    assert robot.bus.torque_released and robot.bus.writes == []
+
+
+def test_real_arm_refuses_without_a_port(tmp_path):
+    from pipeline.eval.robots import RealArmSettings, RobotUnavailable, make_real_robot
+
+    with pytest.raises(RobotUnavailable, match="does not exist"):
+        make_real_robot(RealArmSettings(port=str(tmp_path / "ttyACM9")))
+    with pytest.raises(RobotUnavailable, match="port is empty"):
+        make_real_robot(RealArmSettings(port=""))
+    proc = __import__("subprocess").run(
+        [__import__("sys").executable, "-m", "pipeline.eval.run", "--robot", "so101_follower", "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "eval.real.port is empty" in proc.stderr
