@@ -8,8 +8,8 @@ UV_VERSION := 0.13.9
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
-# Debian packages: headless rendering (Mesa EGL/OSMesa), open3d's libusb, FFmpeg libraries for torchcodec.
-DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 ffmpeg
+# Debian packages: headless rendering (Mesa EGL/OSMesa), open3d's libusb, FFmpeg libraries for torchcodec, Chromium (browser tests).
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libusb-1.0-0 ffmpeg chromium
 
 .PHONY: setup system-deps demo test ui validate clean
 setup: $(VENV)/.synced system-deps $(DAGSTER_HOME)/dagster.yaml

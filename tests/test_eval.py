@@ -182,22 +182,31 @@ def test_twin_outcome_classes_from_simulator_state(twin_robot, recipe):
     assert twin_robot.in_bin() and twin_robot.succeeded and twin_robot.outcome() == "success"
 
 
-def test_twin_evaluation_writes_the_report_and_rollouts(tmp_path, recipe, synthetic_twin, tiny_bc):
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+@pytest.fixture(scope="module")
+def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
+    """A 3-pair twin evaluation of BC vs BC + a constant 0.3 residual, in a project with a one-stage dvc.lock."""
+    from pipeline.eval.run import build_eval_report
 
-    from pipeline.eval.run import ROLLOUTS_REPO_ID, EvalError, build_eval_report
-
-    rl = _rl_dir(tmp_path / "rl", tiny_bc[0], _actor("constant", 0.3))
-    root = tmp_path / "project"
+    tmp = tmp_path_factory.mktemp("eval")
+    rl = _rl_dir(tmp / "rl", tiny_bc[0], _actor("constant", 0.3))
+    root = tmp / "project"
     root.mkdir()
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  usd_twin:\n    cmd: twinloop run usd_twin\n"
                                    "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
                                    "      nfiles: 3\n")
     small = recipe.model_copy(update={"eval": recipe.eval.model_copy(
         update={"pairs": 3, "episode_seconds": 0.5, "failure_examples": 2})})
-    out = tmp_path / "reports" / "eval"
+    out = tmp / "reports" / "eval"
     metrics = build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], rl, out, log=lambda m: None)
+    return {"out": out, "metrics": metrics, "recipe": small, "root": root, "tmp": tmp}
 
+
+def test_twin_evaluation_writes_the_report_and_rollouts(twin_report, synthetic_twin, tiny_bc):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pipeline.eval.run import ROLLOUTS_REPO_ID, EvalError, build_eval_report
+
+    out, metrics = twin_report["out"], twin_report["metrics"]
     assert metrics["pairs"] == 3 and metrics["robot"] == "twin"
     for name in ("bc", "bc_residual"):
         s = metrics["policies"][name]
@@ -224,9 +233,33 @@ def test_twin_evaluation_writes_the_report_and_rollouts(tmp_path, recipe, synthe
     assert metrics["lineage"]["files"]["twin"]["md5"]
     assert (out / "figures" / "summary.png").is_file()
 
+    tmp = twin_report["tmp"]
     with pytest.raises(EvalError, match="materialize `rl_policy`"):
-        build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], tmp_path / "none", tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+        build_eval_report(twin_report["recipe"], twin_report["root"], synthetic_twin["path"].parent, tiny_bc[0],
+                          tmp / "none", tmp / "x")
+    assert not (tmp / "x").exists()
+
+
+def test_report_renders_in_headless_chromium(twin_report):
+    """The acceptance view: Debian's chromium (driven by Playwright, no browser download) loads report.html
+    from disk and every embedded figure decodes."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((twin_report["out"] / "report.html").resolve().as_uri())
+        sizes = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        tables = page.evaluate("document.querySelectorAll('table').length")
+        page.screenshot(path=str(twin_report["out"].parent / "report_screenshot.png"), full_page=True)
+        browser.close()
+    assert len(sizes) >= 2 and all(done and w > 100 and h > 100 for done, w, h in sizes), sizes
+    assert tables >= 4  # headline, paired table, per-condition table, lineage
 
 
 # --- the real arm: lerobot's so101_follower over a stand-in motor bus ---------------------------------------------

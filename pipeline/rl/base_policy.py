@@ -51,7 +51,7 @@ class BatchedBC:
         batch = {k: observation[k].to(self.device, torch.float32) for k in self.input_keys}
         batch["task"] = [self.task] * self.num_envs
         chunk = self.bc.policy.predict_action_chunk(self.bc.preprocessor(batch))
-        return self.bc.postprocessor(chunk)
+        return self.bc.postprocessor(chunk).to(self.device)  # lerobot's postprocessor returns CPU tensors
 
     @torch.inference_mode()
     def __call__(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
