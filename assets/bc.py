@@ -41,7 +41,7 @@ def bc_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
         data_version=dg.DataVersion(md5),
         metadata={
             **reported.metadata,
-            "dvc_md5": md5,
+            **dvc.lineage_metadata("bc_policy"),
             "recipe_hash": recipe.section_hash("bc"),
             "sim_success_ci95": dg.MetadataValue.json(metrics["sim_success_ci95"]),
             "sim_episodes": metrics["sim_episodes"],

@@ -43,7 +43,7 @@ def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: Proj
     summary = summarize(root)
     md5 = dvc.commit_stage("demos")
     metadata = {
-        "dvc_md5": md5,
+        **dvc.lineage_metadata("demos"),
         "recipe_hash": recipe.section_hash("demos"),
         "episodes": summary["episodes"],
         "frames": summary["frames"],
@@ -84,9 +84,17 @@ def demos_quality(paths: ProjectPaths):
         )
 
 
-@dg.sensor(asset_selection=[demos], minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+# What new demos make stale, by declaration: everything downstream of `demos` except the twin group (the twin is
+# rebuilt from a new capture, not from new demos; usd_twin only replays the demos to measure the sim<->real gap).
+RETRAIN_AFTER_DEMOS = dg.AssetSelection.assets("demos").downstream() - dg.AssetSelection.groups("twin")
+POLICY_CHAIN = RETRAIN_AFTER_DEMOS - dg.AssetSelection.assets("demos")
+
+
+@dg.sensor(asset_selection=RETRAIN_AFTER_DEMOS, minimum_interval_seconds=30,
+           default_status=dg.DefaultSensorStatus.RUNNING,
            description="New LeRobot datasets in data/inbox/<batch>/ are screened and merged into the demos (or "
-           "quarantined in data/inbox/rejected/).")
+           "quarantined in data/inbox/rejected/); the same run re-trains what depends on the demos (bc_policy -> "
+           "rl_policy -> eval_report), never the twin chain.")
 def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths):
     from pipeline.inbox import pending_batches
 
@@ -94,12 +102,25 @@ def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths)
     for name in pending_batches(inbox, settled_for_s=10):
         stamp = (inbox / name).lstat().st_mtime_ns
         yield dg.RunRequest(
-            run_key=f"{name}:{stamp}",
-            asset_selection=[demos.key],
+            run_key=f"{name}:{stamp}",  # no asset_selection: the sensor's, demos and its policy chain
             run_config=dg.RunConfig(ops={"demos": DemosRunConfig(inbox_batch=name)}),
         )
+
+
+@dg.schedule(cron_schedule="0 3 * * *", target=POLICY_CHAIN, default_status=dg.DefaultScheduleStatus.RUNNING,
+             description="Nightly: re-train bc_policy -> rl_policy -> eval_report when the demos changed since "
+             "bc_policy was last trained (compared by DVC md5); skips otherwise.")
+def nightly_retrain(context: dg.ScheduleEvaluationContext, paths: ProjectPaths):
+    from pipeline.lineage import demos_changed_since_training
+
+    reason = demos_changed_since_training(paths.root_path)
+    if reason is None:
+        return dg.SkipReason("the demos are the ones bc_policy was trained on: nothing to re-train")
+    context.log.info(reason)
+    return dg.RunRequest(run_key=None, tags={"twinloop/reason": reason[:200]})
 
 
 ASSETS = [demos]
 CHECKS = [demos_quality]
 SENSORS = [demos_inbox_sensor]
+SCHEDULES = [nightly_retrain]

@@ -43,7 +43,7 @@ def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dvc
     return dg.MaterializeResult(
         data_version=dg.DataVersion(md5),
         metadata={
-            "dvc_md5": md5,
+            **dvc.lineage_metadata("eval_report"),
             "recipe_hash": recipe.section_hash("eval"),
             "robot": metrics["robot_label"],
             "pairs": metrics["pairs"],
@@ -54,7 +54,6 @@ def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dvc
             "mcnemar_exact_p": dg.MetadataValue.float(metrics["paired"]["mcnemar_exact_p"]),
             "report": dg.MetadataValue.md((out / "report.md").read_text().split("![")[0]),
             "summary": dg.MetadataValue.md(image_md(out / "figures" / "summary.png", width=900)),
-            "code_commit": str(metrics["lineage"].get("code_commit")),
             "path": dg.MetadataValue.path(str(out / "report.html")),
         },
     )

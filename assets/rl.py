@@ -43,7 +43,7 @@ def rl_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
     return dg.MaterializeResult(
         data_version=dg.DataVersion(md5),
         metadata={
-            "dvc_md5": md5,
+            **dvc.lineage_metadata("rl_policy"),
             "recipe_hash": recipe.section_hash("rl"),
             "bc_success_rate": dg.MetadataValue.float(scores["bc"]["success_rate"]),
             "bc_residual_success_rate": dg.MetadataValue.float(scores["bc_residual"]["success_rate"]),

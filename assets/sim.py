@@ -27,7 +27,7 @@ def sim_workcell(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dv
     return dg.MaterializeResult(
         data_version=dg.DataVersion(md5),
         metadata={
-            "dvc_md5": md5,
+            **dvc.lineage_metadata("sim_workcell"),
             "recipe_hash": recipe.section_hash("workcell"),
             "expert_success_rate": dg.MetadataValue.float(metrics["expert_success_rate"]),
             "expert_success_ci95": dg.MetadataValue.json(metrics["expert_success_ci95"]),

@@ -39,7 +39,7 @@ def scene_capture(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: D
     return dg.MaterializeResult(
         data_version=dg.DataVersion(md5),
         metadata={
-            "dvc_md5": md5,
+            **dvc.lineage_metadata("scene_capture"),
             "recipe_hash": recipe.section_hash("capture"),
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
             "views": dg.MetadataValue.md(image_md(out / "preview.png", width=880)),
@@ -72,7 +72,7 @@ def gaussian_splat(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
     md5 = dvc.commit_stage("gaussian_splat")
     out = paths.artifact(SPLAT_DIR)
     metadata = {
-        "dvc_md5": md5,
+        **dvc.lineage_metadata("gaussian_splat"),
         "recipe_hash": recipe.section_hash("splat"),
         "holdout_psnr_db": dg.MetadataValue.float(metrics["holdout_psnr_db"]),
         "holdout_ssim": dg.MetadataValue.float(metrics["holdout_ssim"]),
@@ -138,7 +138,7 @@ def collision_mesh(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
         rows.append(f"| {part['name']} | {part['role']} | {len(part['hulls'])} | "
                     f"{' x '.join(f'{1000 * v:.0f}' for v in size)} | {1e6 * part['volume_m3']:.1f} | {mass} |")
     metadata = {
-        "dvc_md5": md5,
+        **dvc.lineage_metadata("collision_mesh"),
         "recipe_hash": recipe.section_hash("mesh"),
         "objects_found": metrics["objects_found"],
         "hulls": metrics["hulls"],
@@ -247,7 +247,7 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
     md5 = dvc.commit_stage("usd_twin")
     out = paths.artifact(TWIN_DIR)
     metadata = {
-        "dvc_md5": md5,
+        **dvc.lineage_metadata("usd_twin"),
         "recipe_hash": recipe.section_hash("twin"),
         "gaussians": dg.MetadataValue.json(metrics["gaussians"]),
         "colliders": metrics["stage"]["colliders"],

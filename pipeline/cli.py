@@ -26,7 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="evaluate BC vs BC + residual on the twin or a real SO-101 into reports/eval")
     ev.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
     ev.add_argument("--dry-run", action="store_true", help="real arm: connect, read joints, move nothing")
+    lin = sub.add_parser("lineage", help="the chain that produced an artifact, verified against dvc.lock and disk")
+    lin.add_argument("target", help="an asset (stage) name or a path inside its output, e.g. reports/eval")
+    lin.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("status", help="which assets are stale and why (dvc status against dvc.lock)")
+    mat = sub.add_parser("materialize", help="materialize assets through Dagster (as the UI does)")
+    mat.add_argument("select", nargs="?", default="stale",
+                     help="a Dagster asset selection ('*' = everything); default 'stale': what changed since its "
+                          "dvc.lock entry, and everything downstream of it (nothing when nothing changed)")
+    ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
+    if args.command in ("lineage", "status", "materialize", "ui"):
+        return _project_command(args)
     try:
         recipe = load_recipe(args.params)
     except RecipeError as exc:
@@ -142,6 +154,52 @@ def main(argv: list[str] | None = None) -> int:
         return train_rl(["--params", args.params, "--twin", STAGE_DIRS["usd_twin"], "--bc", STAGE_DIRS["bc_policy"],
                          "--out", STAGE_DIRS["rl_policy"], "--runs", RUNS_DIR, "--device", device])
     return 0
+
+
+def _project_command(args) -> int:
+    import os
+    import subprocess
+
+    if args.command == "lineage":
+        from pipeline.lineage import LineageError, render, trace
+
+        try:
+            lineage = trace(Path.cwd(), args.target)
+        except LineageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(lineage.to_json(), indent=2) if args.json else render(lineage))
+        return 0 if lineage.ok else 1
+    if args.command == "status":
+        from pipeline.lineage import stale_stages
+
+        stale = stale_stages(Path.cwd())
+        if not stale:
+            print("up to date: every asset matches dvc.lock")
+        for stage, reasons in stale.items():
+            print(f"{stage}: stale")
+            for reason in reasons:
+                print(f"  {reason}")
+        return 0
+    bin_dir = Path(sys.executable).parent
+    dagster = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
+    env = {**os.environ, "DAGSTER_HOME": os.environ.get("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))}
+    Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
+    if args.command == "materialize":
+        select = args.select
+        if select == "stale":
+            from pipeline.lineage import stale_stages
+
+            stale = stale_stages(Path.cwd())
+            if not stale:
+                print("nothing changed since dvc.lock: nothing to materialize")
+                return 0
+            select = ",".join(f"{stage}*" for stage in stale)
+            print(f"stale: {', '.join(stale)} -> materializing {select}")
+        command = [dagster, "asset", "materialize", "-m", "pipeline.definitions", "--select", select]
+    else:
+        command = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)]
+    return subprocess.call(command, env=env)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,29 @@ class DvcResource(dg.ConfigurableResource):
             self._run("push", stage)
         return md5
 
+    def lineage_metadata(self, stage: str) -> dict:
+        """What every materialization records besides its data version: the stage's DVC md5, the md5 of each
+        upstream output it was built from and of its recipe sections (both as dvc.lock holds them), and the code
+        commit (`-dirty` when pipeline/, assets/ or resources/ differ from it). `twinloop lineage` verifies them."""
+        import hashlib
+        import json
+
+        root = self.paths.root_path
+        lock = (yaml.safe_load((root / "dvc.lock").read_text()) or {})["stages"][stage]
+        spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+        produced = {out for entry in spec.values() for out in entry.get("outs", [])}
+        upstream = {d["path"]: d.get("md5") for d in lock.get("deps", []) if d["path"] in produced}
+        params = (lock.get("params") or {}).get("params.yaml", {})
+        commit = _git(root, "rev-parse", "HEAD")
+        if commit and _git(root, "status", "--porcelain", "--", "pipeline", "assets", "resources"):
+            commit += "-dirty"
+        return {
+            "dvc_md5": lock["outs"][0]["md5"],
+            "upstream_md5": dg.MetadataValue.json(upstream),
+            "params_md5": hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+            "code_commit": commit or "unknown (not a git checkout)",
+        }
+
     def stage_out_md5(self, stage: str) -> str:
         lock_path = self.paths.root_path / "dvc.lock"
         if not lock_path.is_file():
@@ -67,3 +90,11 @@ class DvcResource(dg.ConfigurableResource):
             return lock["stages"][stage]["outs"][0]["md5"]
         except (KeyError, IndexError) as exc:
             raise DvcError(f"dvc.lock has no output md5 for stage {stage!r}") from exc
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""

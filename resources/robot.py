@@ -1,4 +1,6 @@
-"""The robot a policy is run on: the simulated workcell (default) or a real SO-101 follower via lerobot."""
+"""The robot a deployment evaluates on: `sim` (the USD twin, what the `eval_report` asset runs) or a real SO-101
+follower via lerobot (interactive: `twinloop eval --robot so101_follower`; its port and calibration are in params
+`eval.real`)."""
 
 
 from typing import Literal
@@ -14,7 +16,7 @@ class RobotConnection(dg.ConfigurableResource):
 
     def describe(self) -> str:
         if self.kind == "sim":
-            return "simulated SO-101 workcell (MuJoCo, compiled from the official USD)"
+            return "the USD twin (sim proxy): models/twin/twin.usd stepped by MuJoCo"
         if not self.port:
             raise ValueError("robot.kind is so101_follower but robot.port is empty: set the follower's serial port")
         return f"real SO-101 follower on {self.port} (calibration id {self.robot_id})"

@@ -58,7 +58,7 @@ def test_compute_device_cuda_without_gpu_is_a_clear_error():
 def test_real_robot_needs_a_port():
     from resources import RobotConnection
 
-    assert "simulated" in RobotConnection().describe()
+    assert "twin" in RobotConnection().describe()
     with pytest.raises(ValueError, match="robot.port is empty"):
         RobotConnection(kind="so101_follower").describe()
     assert "/dev/ttyACM0" in RobotConnection(kind="so101_follower", port="/dev/ttyACM0").describe()

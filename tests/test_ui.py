@@ -1,0 +1,110 @@
+"""The Dagster UI end to end: `dagster dev` on a free port with a temporary DAGSTER_HOME, driven by headless
+Chromium (Debian's `chromium` through Playwright): every asset of the graph is shown, and a materialization of
+`demos` launched from the UI succeeds. Screenshots land in `.test-artifacts/` (git-ignored)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from tests_helpers import ROOT
+
+ARTIFACTS = ROOT / ".test-artifacts"
+ASSETS = ("sim_workcell", "demos", "bc_policy", "scene_capture", "gaussian_splat", "collision_mesh", "usd_twin",
+          "rl_policy", "eval_report")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["data"]
+
+
+@pytest.mark.slow
+def test_ui_shows_every_asset_and_materializes_demos(tmp_path, workcell_xml):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, project / name)
+    recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
+    recipe["workcell"]["cameras"].update(width=64, height=48)
+    recipe["demos"].update(episodes=2)
+    recipe["demos"]["checks"]["min_episodes"] = 2
+    recipe["project"]["dvc_remote"] = ""
+    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
+    shutil.copytree(workcell_xml.parent, project / "models" / "workcell")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "resources" / "dagster.yaml", home / "dagster.yaml")
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "TWINLOOP_ROOT": str(project), "HF_HUB_OFFLINE": "1"}
+    dagster = str(ROOT / ".venv" / "bin" / "dagster") if (ROOT / ".venv" / "bin" / "dagster").exists() else "dagster"
+    log = open(tmp_path / "dagster_dev.log", "w")
+    server = subprocess.Popen([dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT,
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+                assert time.time() < deadline, "dagster dev did not come up in 180 s"
+                time.sleep(2)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/asset-groups", wait_until="networkidle", timeout=120_000)
+            for name in ASSETS:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "ui_asset_graph.png"))
+
+            page.goto(f"http://127.0.0.1:{port}/assets/demos", wait_until="networkidle", timeout=120_000)
+            page.get_by_role("button", name="Materialize", exact=True).first.click()
+            deadline = time.time() + 600
+            status = None
+            while time.time() < deadline:
+                runs = _graphql(port, "{ runsOrError { ... on Runs { results { runId status } } } }")
+                results = runs["runsOrError"]["results"]
+                status = results[0]["status"] if results else None
+                if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                    break
+                time.sleep(3)
+            assert status == "SUCCESS", (status, (tmp_path / "dagster_dev.log").read_text()[-3000:])
+            page.goto(f"http://127.0.0.1:{port}/runs/{results[0]['runId']}", wait_until="networkidle",
+                      timeout=120_000)
+            page.get_by_text("Success").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "ui_demos_run.png"))
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        log.close()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["demos"]["outs"][0]["md5"]  # the UI's run committed the demos to DVC
+    info = json.loads((project / "data" / "demos" / "meta" / "info.json").read_text())
+    assert info["total_episodes"] == 2
