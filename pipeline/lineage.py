@@ -148,11 +148,34 @@ def _dvc_status(root: Path, stages: list[str]) -> list[str]:
             for kind, paths in change.items():
                 if isinstance(paths, dict):
                     for path, what in paths.items():
-                        problems.append(f"{stage}: {kind.replace('changed ', '')} {path} {what} "
+                        files = _changed_files(root, path) if what == "modified" else []
+                        detail = f": {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}" if files else ""
+                        problems.append(f"{stage}: {kind.replace('changed ', '')} {path} {what}{detail} "
                                         "(differs from dvc.lock)")
                 else:
                     problems.append(f"{stage}: {kind} {paths}")
     return problems
+
+
+def _changed_files(root: Path, out: str) -> list[str]:
+    """Which files inside a tracked folder differ from the listing DVC cached for its dvc.lock md5."""
+    import hashlib
+
+    _, lock = _load(root)
+    md5 = next((o.get("md5") for e in lock.values() for o in e.get("outs", []) if o["path"] == out), None)
+    if not md5 or not md5.endswith(".dir"):
+        return []
+    listing = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    if not listing.is_file():
+        return []
+    expected = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
+    folder = root / out
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    changed = sorted((set(expected) ^ present))
+    for rel in sorted(set(expected) & present):
+        if hashlib.md5((folder / rel).read_bytes()).hexdigest() != expected[rel]:
+            changed.append(rel)
+    return sorted(changed)
 
 
 def _mtime(path: Path) -> str | None:

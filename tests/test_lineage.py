@@ -66,7 +66,7 @@ def test_one_tampered_byte_is_named_and_fails(project):
     path.write_bytes(path.read_bytes()[:-1] + b"9")  # one byte
     cli = _run(project, sys.executable, "-m", "pipeline.cli", "lineage", "models/model")
     assert cli.returncode == 1
-    assert "MISMATCH" in cli.stdout and "raw: outs data/raw modified" in cli.stdout
+    assert "MISMATCH" in cli.stdout and "raw: outs data/raw modified: meta.txt" in cli.stdout
     status = _run(project, sys.executable, "-m", "pipeline.cli", "status")
     assert "raw: stale" in status.stdout and "model: stale" in status.stdout  # model's input changed too
 
