@@ -191,6 +191,8 @@ def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
     rl = _rl_dir(tmp / "rl", tiny_bc[0], _actor("constant", 0.3))
     root = tmp / "project"
     root.mkdir()
+    (root / "dvc.yaml").write_text("stages:\n  usd_twin: {cmd: x, outs: [models/twin]}\n"
+                                   "  eval_report: {cmd: y, deps: [models/twin], outs: [reports/eval]}\n")
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  usd_twin:\n    cmd: twinloop run usd_twin\n"
                                    "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
                                    "      nfiles: 3\n")

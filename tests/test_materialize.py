@@ -195,55 +195,6 @@ def test_usd_twin_asset(project):
     assert (project / "models" / "twin" / "robot" / "so101.usd").is_file()
 
 
-def test_new_demos_retrain_only_the_policy_chain(project, synthetic_twin, small_recipe, workcell_xml):
-    """Runs after the twin test above: a new batch in the inbox -> the sensor's run merges it and re-trains
-    bc_policy -> rl_policy -> eval_report; no twin asset is materialized and the twin's md5 stays."""
-    from assets import ALL_ASSETS, ALL_CHECKS
-    from assets.demos import demos_inbox_sensor, nightly_retrain
-    from pipeline.demos import build_demos
-    from pipeline.lineage import trace
-    from resources import ProjectPaths, default_resources
-
-    # a twin with a graspable cube (the 30-iteration test splat need not reconstruct one), versioned as usd_twin
-    shutil.rmtree(project / "models" / "twin")
-    shutil.copytree(synthetic_twin["path"].parent, project / "models" / "twin")
-    subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", "usd_twin"], cwd=project, check=True)
-    recipe = yaml.safe_load((project / "params.yaml").read_text())
-    recipe["rl"].update(num_envs=2, iterations=1, steps_per_env=2, eval_episodes=2, episode_seconds=0.5)
-    recipe["eval"].update(pairs=1, episode_seconds=0.5, failure_examples=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
-    twin_before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["usd_twin"]["outs"][0]["md5"]
-
-    batch = project / "data" / "inbox" / "batch-002"  # two new episodes (another seed)
-    build_demos(small_recipe.model_copy(update={"demos": small_recipe.demos.model_copy(update={"seed": 7})}),
-                batch, workcell_xml=workcell_xml)
-    old = time.time() - 60
-    for path in [batch, *batch.rglob("*")]:
-        os.utime(path, (old, old), follow_symlinks=False)
-    resources = default_resources(str(project))
-    with dg.build_sensor_context(resources=resources) as context:
-        [request] = list(demos_inbox_sensor(context))
-    result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=demos_inbox_sensor.asset_selection,
-                            resources=resources, run_config=request.run_config)
-    assert result.success
-    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert made == {"demos", "bc_policy", "rl_policy", "eval_report"}  # from the run's materialization events
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert lock["usd_twin"]["outs"][0]["md5"] == twin_before
-    assert json.loads((project / "data" / "demos" / "meta" / "info.json").read_text())["total_episodes"] == 4
-    report = result.asset_materializations_for_node("eval_report")[0]
-    assert report.metadata["upstream_md5"].value["models/twin"] == twin_before
-    assert report.metadata["code_commit"].value
-    lineage = trace(project, "reports/eval")
-    assert [link.stage for link in lineage.links][-1] == "eval_report"
-    assert not [p for p in lineage.problems if not p.startswith("usd_twin")], lineage.problems  # see the README
-    assert (project / "reports" / "eval" / "report.html").is_file()
-    # the nightly schedule: bc_policy was trained on the current demos, so nothing to do
-    with dg.build_schedule_context() as context:
-        decision = nightly_retrain(context, paths=ProjectPaths(root=str(project)))
-    assert isinstance(decision, dg.SkipReason)
-
-
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):
     from resources import DvcResource, ProjectPaths
     from resources.dvc import DvcError

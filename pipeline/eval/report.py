@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import subprocess
 from pathlib import Path
 
@@ -57,32 +56,28 @@ def summarize(rollouts: list, fps: int) -> dict:
 
 # --- lineage ------------------------------------------------------------------------------------------------------
 def lineage(root: Path, used_files: dict[str, Path]) -> dict:
-    """What produced this report: code commit, the md5 of every stage output recorded in dvc.lock (and when the
-    output was written), the dataset's episode count, the recipe sections' hashes, and the md5 of each file the
-    evaluation loaded."""
-    import yaml
-
+    """What produced this report: code commit, every upstream stage's output md5 as dvc.lock records it (when it
+    was written, the git commit that recorded it; `pipeline.lineage`, which `twinloop lineage` verifies), the
+    dataset's episodes, the recipe's section hashes, and the md5 of each file the evaluation loaded."""
     from pipeline.config import load_recipe
+    from pipeline.lineage import LineageError, trace
     from pipeline.sim.build import file_md5
 
     root = Path(root)
     out = {"code_commit": _git(root, "rev-parse", "HEAD"), "code_dirty": bool(_git(root, "status", "--porcelain",
                                                                                   "--", "pipeline", "assets")),
            "artifacts": [], "files": {k: {"path": str(v), "md5": file_md5(v)} for k, v in used_files.items()}}
-    lock_path = root / "dvc.lock"
-    if lock_path.is_file():
-        lock = yaml.safe_load(lock_path.read_text()) or {}
-        for stage, entry in (lock.get("stages") or {}).items():
-            for o in entry.get("outs", []):
-                path = root / o["path"]
-                made = path.stat().st_mtime if path.exists() else None
-                out["artifacts"].append({"stage": stage, "path": o["path"], "md5": o.get("md5"),
-                                         "files": o.get("nfiles"), "written": _iso(made)})
-    info = root / "data" / "demos" / "meta" / "info.json"
-    if info.is_file():
-        meta = json.loads(info.read_text())
-        out["dataset"] = {"path": "data/demos", "episodes": meta.get("total_episodes"),
-                          "frames": meta.get("total_frames"), "fps": meta.get("fps")}
+    try:
+        links = trace(root, "eval_report", verify=False).links
+    except LineageError:  # not a Twinloop project (a bare output folder): no upstream to list
+        links = []
+    for link in links:
+        if link.stage == "eval_report":
+            continue
+        out["artifacts"].append({"stage": link.stage, "path": link.out, "md5": link.md5, "files": link.files,
+                                 "written": link.written, "commit": link.recorded_in_commit})
+        if link.stage == "demos" and link.extra:
+            out["dataset"] = {"path": link.out, **link.extra}
     params = root / "params.yaml"
     if params.is_file():
         recipe = load_recipe(params)
@@ -96,12 +91,6 @@ def _git(root: Path, *args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _iso(ts: float | None) -> str | None:
-    import datetime
-
-    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 # --- figures ------------------------------------------------------------------------------------------------------
@@ -278,9 +267,12 @@ def markdown(summary: dict, rollouts: list, lineage_info: dict, robot_label: str
         lines.append(f"- dataset: `{ds['path']}`, {ds['episodes']} episodes, {ds['frames']} frames at {ds['fps']} fps")
     if "recipe" in lineage_info:
         lines.append("- recipe section hashes: " + ", ".join(f"{k} `{v[:10]}`" for k, v in lineage_info["recipe"].items()))
-    lines += ["", "| stage | output | md5 (dvc.lock) | files | written |", "|---|---|---|---|---|"]
+    lines += ["", "| stage | output | md5 (dvc.lock) | files | written | recorded in commit |",
+              "|---|---|---|---|---|---|"]
     for a in lineage_info["artifacts"]:
-        lines.append(f"| {a['stage']} | `{a['path']}` | `{a['md5']}` | {a['files'] or ''} | {a['written'] or ''} |")
+        commit = f"`{a['commit'][:12]}`" if a.get("commit") else "not committed"
+        lines.append(f"| {a['stage']} | `{a['path']}` | `{a['md5']}` | {a['files'] or ''} | {a['written'] or ''} | "
+                     f"{commit} |")
     lines += ["", "| loaded file | md5 |", "|---|---|"]
     for name, f in lineage_info["files"].items():
         lines.append(f"| {name}: `{f['path']}` | `{f['md5']}` |")
