@@ -185,15 +185,25 @@ def _mtime(path: Path) -> str | None:
     return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _commit_adding(root: Path, md5: str | None) -> str | None:
-    if not md5:
-        return None
+def _git(root: Path, *args: str) -> str:
+    """git's output, or '' where git or the repository is missing."""
     try:
-        proc = subprocess.run(["git", "log", "-1", "--format=%H", "-S", md5, "--", "dvc.lock"], cwd=root,
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() or None
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _commit_adding(root: Path, md5: str | None) -> str | None:
+    return (_git(root, "log", "-1", "--format=%H", "-S", md5, "--", "dvc.lock") or None) if md5 else None
+
+
+def code_commit(root: str | Path) -> str | None:
+    """The commit the code is at, `-dirty` when pipeline/, assets/ or resources/ differ from it; None outside git."""
+    commit = _git(Path(root), "rev-parse", "HEAD")
+    if commit and _git(Path(root), "status", "--porcelain", "--", "pipeline", "assets", "resources"):
+        commit += "-dirty"
+    return commit or None
 
 
 def render(lineage: Lineage) -> str:

@@ -71,9 +71,9 @@ class DvcResource(dg.ConfigurableResource):
         produced = {out for entry in spec.values() for out in entry.get("outs", [])}
         upstream = {d["path"]: d.get("md5") for d in lock.get("deps", []) if d["path"] in produced}
         params = (lock.get("params") or {}).get("params.yaml", {})
-        commit = _git(root, "rev-parse", "HEAD")
-        if commit and _git(root, "status", "--porcelain", "--", "pipeline", "assets", "resources"):
-            commit += "-dirty"
+        from pipeline.lineage import code_commit
+
+        commit = code_commit(root)
         return {
             "dvc_md5": lock["outs"][0]["md5"],
             "upstream_md5": dg.MetadataValue.json(upstream),
@@ -91,10 +91,3 @@ class DvcResource(dg.ConfigurableResource):
         except (KeyError, IndexError) as exc:
             raise DvcError(f"dvc.lock has no output md5 for stage {stage!r}") from exc
 
-
-def _git(root: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.eval.robots import OUTCOMES, Condition
+from pipeline.eval.robots import OUTCOMES, Condition, placed_pose
 from pipeline.sim.joints import LEROBOT_JOINT_NAMES
 from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
 
@@ -33,12 +33,6 @@ class Rollout:
     @property
     def success(self) -> bool:
         return self.outcome == "success"
-
-
-def placed_pose(condition: Condition, cube_z: float) -> np.ndarray:
-    """The cube pose (x y z qw qx qy qz) the condition places: what a cell without a cube tracker knows."""
-    yaw = np.radians(condition.cube_yaw_deg)
-    return np.array([*condition.cube_xy, cube_z, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
 
 def observation_frame(obs: dict, fallback_cube_pose: np.ndarray | None) -> dict[str, np.ndarray]:

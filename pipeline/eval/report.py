@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +59,11 @@ def lineage(root: Path, used_files: dict[str, Path]) -> dict:
     was written, the git commit that recorded it; `pipeline.lineage`, which `twinloop lineage` verifies), the
     dataset's episodes, the recipe's section hashes, and the md5 of each file the evaluation loaded."""
     from pipeline.config import load_recipe
-    from pipeline.lineage import LineageError, trace
+    from pipeline.lineage import LineageError, code_commit, trace
     from pipeline.sim.build import file_md5
 
     root = Path(root)
-    out = {"code_commit": _git(root, "rev-parse", "HEAD"), "code_dirty": bool(_git(root, "status", "--porcelain",
-                                                                                  "--", "pipeline", "assets")),
-           "artifacts": [], "files": {k: {"path": str(v), "md5": file_md5(v)} for k, v in used_files.items()}}
+    out = {"code_commit": code_commit(root), "artifacts": [], "files": {k: {"path": str(v), "md5": file_md5(v)} for k, v in used_files.items()}}
     try:
         links = trace(root, "eval_report", verify=False).links
     except LineageError:  # not a Twinloop project (a bare output folder): no upstream to list
@@ -83,14 +80,6 @@ def lineage(root: Path, used_files: dict[str, Path]) -> dict:
         recipe = load_recipe(params)
         out["recipe"] = {s: recipe.section_hash(s) for s in type(recipe).model_fields}
     return out
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 # --- figures ------------------------------------------------------------------------------------------------------
@@ -260,8 +249,8 @@ def markdown(summary: dict, rollouts: list, lineage_info: dict, robot_label: str
         first = "BC" if bc_r.order == 0 else "BC + res"
         lines.append(f"| {idx} | {c.seed} | {c.cube_xy[0]:.3f}, {c.cube_xy[1]:.3f} | {c.cube_yaw_deg:.0f} | {first} | "
                      f"{bc_r.outcome} | {rl_r.outcome} | {bc_r.seconds:.1f} | {rl_r.seconds:.1f} |")
-    lines += ["", "## Lineage", "", f"- code commit: `{lineage_info.get('code_commit')}`"
-              + (" (uncommitted changes in pipeline/ or assets/)" if lineage_info.get("code_dirty") else "")]
+    lines += ["", "## Lineage", "", f"- code commit: `{lineage_info.get('code_commit')}` (`-dirty`: uncommitted "
+              "changes in pipeline/, assets/ or resources/)"]
     if "dataset" in lineage_info:
         ds = lineage_info["dataset"]
         lines.append(f"- dataset: `{ds['path']}`, {ds['episodes']} episodes, {ds['frames']} frames at {ds['fps']} fps")

@@ -46,6 +46,12 @@ class Condition:
     joint_noise_units: float = 0.0
 
 
+def placed_pose(condition: Condition, cube_z: float) -> np.ndarray:
+    """The cube pose (x y z qw qx qy qz) the condition places: what a cell without a cube tracker knows."""
+    yaw = math.radians(condition.cube_yaw_deg)
+    return np.array([*condition.cube_xy, cube_z, math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
+
+
 def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition:
     """The condition of `seed`: cube pose in the workcell's spawn ranges; with `randomization` (rl.randomization's
     ranges), the held-out physics draws too."""
@@ -189,9 +195,7 @@ class TwinRobot(Robot):
         mujoco.mj_resetData(m, d)
         d.qpos[self.servo["qpos"]] = self.home
         d.ctrl[self.servo["actuator"]] = self.home
-        yaw = math.radians(condition.cube_yaw_deg)
-        d.qpos[self.cube_adr:self.cube_adr + 7] = [*condition.cube_xy, self.cube_rest_z,
-                                                   math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+        d.qpos[self.cube_adr:self.cube_adr + 7] = placed_pose(condition, self.cube_rest_z)
         mujoco.mj_forward(m, d)
         self.pending = [self.home.copy()] * condition.latency_steps
         self.rest_steps, self.max_lift, self.steps = 0, 0.0, 0
@@ -298,6 +302,11 @@ class RealArmSettings:
     calibration_dir: str = ""
     max_relative_target: float = 10.0
     cameras: dict = field(default_factory=dict)  # name -> {index_or_path, width, height, fps}
+
+
+def real_robot_from_recipe(recipe) -> Robot:
+    """The follower `eval.real` describes (its cube height is the loop's business, not the arm's)."""
+    return make_real_robot(RealArmSettings(**recipe.eval.real.model_dump(exclude={"cube_z_m"})))
 
 
 def make_real_robot(settings: RealArmSettings) -> Robot:

@@ -193,11 +193,11 @@ def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progres
     """The same pairs on a real follower: the operator places the cube at each condition's pose and labels each
     outcome with one key; torque is released on any exit (lerobot's disconnect), Ctrl-C included."""
     from pipeline.eval.loop import OperatorKeys
-    from pipeline.eval.robots import RealArmSettings, make_real_robot
+    from pipeline.eval.robots import real_robot_from_recipe
     from pipeline.rl.task import bin_geometry
 
     cfg = recipe.eval
-    robot = make_real_robot(RealArmSettings(**cfg.real.model_dump(exclude={"cube_z_m"})))
+    robot = real_robot_from_recipe(recipe)
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell) for k in range(cfg.pairs)]
     max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
     centre, half, _ = bin_geometry(Path(twin_dir) / "twin.usd")
@@ -219,10 +219,10 @@ def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progres
 
 def dry_run(recipe: Recipe, seconds: float = 3.0, log=print) -> dict:
     """Connect to the real follower, read joints (and cameras) for `seconds`, send nothing, disconnect."""
-    from pipeline.eval.robots import RealArmSettings, make_real_robot
+    from pipeline.eval.robots import real_robot_from_recipe
     from pipeline.sim.joints import LEROBOT_JOINT_NAMES
 
-    robot = make_real_robot(RealArmSettings(**recipe.eval.real.model_dump(exclude={"cube_z_m"})))
+    robot = real_robot_from_recipe(recipe)
     robot.connect()
     readings = []
     try:
