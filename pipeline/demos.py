@@ -175,6 +175,11 @@ def merge_into(demos_root: Path, batch_root: Path) -> None:
     merge_datasets([LeRobotDataset(DEMOS_REPO_ID, root=demos_root), LeRobotDataset(DEMOS_REPO_ID, root=batch_root)],
                    output_repo_id=DEMOS_REPO_ID, output_dir=staging)
     replace_dir(staging, demos_root)
+    # lerobot keeps one open video decoder per file path for the whole process; the merged videos replaced the old
+    # files at the same paths, so without this, later reads in this process decode the old (shorter) files.
+    from lerobot.datasets.video_utils import _default_decoder_cache
+
+    _default_decoder_cache.clear()
 
 
 def summarize(root: Path) -> dict:

@@ -137,8 +137,18 @@ def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_rec
     assert (inbox / "rejected" / "bad").is_dir()  # refusing a name moved nothing
     assert pending_batches(inbox, settled_for_s=3600) == []  # just written: not settled yet
 
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pipeline.demos import DEMOS_REPO_ID
+
+    batch_last = LeRobotDataset(DEMOS_REPO_ID, root=inbox / "good")[-1]
+    LeRobotDataset(DEMOS_REPO_ID, root=demos_root)[0]  # this process now holds the old videos open (lerobot's cache)
     result = ingest_batch(inbox, "good", demos_root, small_recipe)
     assert result["episodes_before"] == 2 and result["episodes_after"] == 4
+    # The new episodes' frames decode from the merged videos in the same process (it used to read the old files).
+    merged_last = LeRobotDataset(DEMOS_REPO_ID, root=demos_root)[-1]
+    for cam in (k for k in merged_last if k.startswith("observation.images.")):
+        assert np.array_equal(merged_last[cam].numpy(), batch_last[cam].numpy()), cam
     assert (inbox / "accepted" / "good").is_dir() and pending_batches(inbox) == []
     assert not failures(run_checks(DemoData.load(demos_root), small_recipe.demos.checks))
 
