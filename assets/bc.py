@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.demos import DEMOS_DIR, demos
 from assets.sim import WORKCELL_DIR, image_md, sim_workcell
-from resources import ComputeDevice, DvcResource, ProjectPaths
+from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
 BC_DIR = "models/bc"
 RUNS_DIR = "runs"  # resumable work folders (git- and DVC-ignored)
@@ -16,6 +16,8 @@ RUNS_DIR = "runs"  # resumable work folders (git- and DVC-ignored)
     group_name="policy",
     deps=[demos, sim_workcell],
     kinds={"lerobot", "pytorch"},
+    op_tags=gpu_op_tags("bc_policy"),  # a cluster pod with the recipe's GPUs (resources/k8s.py)
+    pool=GPU_POOL,  # GPU stages queue for the GPUs (pool limit; local: one at a time)
     description="lerobot ACT (per params.yaml `bc`) trained on the demos by lerobot's own trainer in a child process "
     "(Dagster Pipes; resumes an interrupted run), with held-out error and closed-loop sim success.",
 )

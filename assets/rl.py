@@ -8,7 +8,7 @@ import dagster as dg
 from assets.bc import BC_DIR, RUNS_DIR, bc_policy
 from assets.sim import image_md
 from assets.twin import TWIN_DIR, usd_twin
-from resources import ComputeDevice, DvcResource, ProjectPaths
+from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
 RL_DIR = "models/rl"
 
@@ -17,6 +17,8 @@ RL_DIR = "models/rl"
     group_name="policy",
     deps=[bc_policy, usd_twin],
     kinds={"isaaclab", "newton", "rsl_rl"},
+    op_tags=gpu_op_tags("rl_policy"),  # a cluster pod with the recipe's GPUs (resources/k8s.py)
+    pool=GPU_POOL,  # GPU stages queue for the GPUs (pool limit; local: one at a time)
     description="A residual on the frozen BC policy (total = BC + alpha * residual), trained with rsl_rl PPO in an "
     "Isaac Lab DirectRLEnv on the USD twin (kit-less, Newton + MJWarp) in a child process (Dagster Pipes; resumes). "
     "The actor sees only what the real cell has; BC alone vs BC + residual scored on the same held-out seeds.",

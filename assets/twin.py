@@ -7,7 +7,7 @@ import dagster as dg
 
 from assets.demos import DEMOS_DIR, demos
 from assets.sim import WORKCELL_DIR, image_md, sim_workcell
-from resources import ComputeDevice, DvcResource, ProjectPaths
+from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
 CAPTURE_DIR = "data/capture"
 SPLAT_DIR = "models/splat"
@@ -53,6 +53,8 @@ def scene_capture(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: D
     group_name="twin",
     deps=[scene_capture],
     kinds={"gsplat", "pytorch"},
+    op_tags=gpu_op_tags("gaussian_splat"),  # a cluster pod with the recipe's GPUs (resources/k8s.py)
+    pool=GPU_POOL,  # GPU stages queue for the GPUs (pool limit; local: one at a time)
     description="3D Gaussian splat of the capture (gsplat on CUDA, the same math in PyTorch on CPU; resumable), "
     "scored on held-out views; INRIA 3DGS PLY.",
 )

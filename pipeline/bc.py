@@ -6,7 +6,9 @@ torch or touches CUDA, and stopping the child stops training. The child:
 
   1. reduces the demos to the features the policy observes (lerobot's `remove_feature`) when they hold more;
   2. runs lerobot's `lerobot-train` entry point in-process with arguments built from `params.yaml` `bc`
-     (`lerobot_train_args`: the same arguments reproduce the run with the plain `lerobot-train` command);
+     (`lerobot_train_args`: the same arguments reproduce the run with the plain `lerobot-train` command); with
+     `bc.gpus` = N > 1, lerobot's own multi-GPU path instead: `accelerate launch --multi_gpu --num_processes N`
+     of `python -m pipeline.bc --rank-of SPEC` (lerobot-train in each process, data parallel);
   3. measures the checkpoint (`pipeline.bc_eval`): held-out per-joint action error, action-magnitude ratio and
      closed-loop success in the sim workcell with a Wilson interval; writes the plots and metrics.json.
 
@@ -270,8 +272,6 @@ def resolve_device(requested: str) -> str:
 
 
 def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
-    from lerobot.scripts import lerobot_train
-
     from pipeline import bc_eval
 
     device = resolve_device(run.device)
@@ -286,15 +286,11 @@ def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
     dataset_root = training_dataset(run)
     args = lerobot_train_args(run, dataset_root, device)
     (Path(run.work_dir) / "lerobot_train_args.txt").write_text("\n".join(args) + "\n")
-    tap = _TrainLogTap(log_path, reporter)
-    logging.getLogger().addFilter(tap)
-    argv = sys.argv
-    try:
-        sys.argv = ["lerobot-train", *args]
-        lerobot_train.main()
-    finally:
-        sys.argv = argv
-        logging.getLogger().removeFilter(tap)
+    gpus = run.parsed_recipe().bc.gpus
+    if gpus > 1:
+        launch_data_parallel(run, gpus, device)
+    else:
+        run_lerobot_train(args, log_path, reporter)
     checkpoint = run.last_checkpoint.resolve() / "pretrained_model"
     staging = run.staging
     shutil.rmtree(staging, ignore_errors=True)
@@ -308,14 +304,62 @@ def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
     return metrics
 
 
+def run_lerobot_train(args: list[str], log_path: Path, reporter: Reporter | None) -> None:
+    """lerobot-train in this process, its log steps copied to `log_path` (skipped when reporter is None)."""
+    from lerobot.scripts import lerobot_train
+
+    tap = _TrainLogTap(log_path, reporter) if reporter is not None else None
+    if tap:
+        logging.getLogger().addFilter(tap)
+    argv = sys.argv
+    try:
+        sys.argv = ["lerobot-train", *args]
+        lerobot_train.main()
+    finally:
+        sys.argv = argv
+        if tap:
+            logging.getLogger().removeFilter(tap)
+
+
+def launch_data_parallel(run: BcRun, gpus: int, device: str) -> None:
+    """lerobot's multi-GPU training: one lerobot-train process per GPU under `accelerate launch --multi_gpu`
+    (DDP; each process draws its own shard of every batch, so the effective batch is batch_size x gpus)."""
+    import torch
+
+    if device != "cuda" or torch.cuda.device_count() < gpus:
+        raise RuntimeError(f"bc.gpus is {gpus}, but torch sees {torch.cuda.device_count()} CUDA device(s) on this "
+                           f"machine (device {device}): set bc.gpus to at most that, or run on a bigger machine")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={gpus}",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline.bc",
+               "--rank-of", str(run.spec_path)]
+    # The ranks report as plain log lines; only this process speaks Dagster Pipes (one materialization).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    print(f"BC: {gpus} GPUs: {' '.join(command)}", flush=True)
+    result = subprocess.run(command, env=env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"multi-GPU BC training exited with status {result.returncode}; a rerun resumes from "
+                           f"{run.last_checkpoint} if a checkpoint was written")
+
+
+def train_rank(run: BcRun) -> None:
+    """One process of `launch_data_parallel`: lerobot-train with the arguments the launcher wrote; the main
+    process (RANK 0) keeps the training log."""
+    args = (Path(run.work_dir) / "lerobot_train_args.txt").read_text().split("\n")
+    main_process = os.environ.get("RANK", "0") == "0"
+    run_lerobot_train([a for a in args if a], Path(run.work_dir) / TRAIN_LOG, Reporter() if main_process else None)
+
+
 def _checkpoint_step(checkpoint: Path) -> int:
     step_file = checkpoint / "training_state" / "training_step.json"
     return int(json.loads(step_file.read_text())["step"]) if step_file.is_file() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    spec = (argv if argv is not None else sys.argv[1:])[0]
-    run = BcRun.load(spec)
+    argv = argv if argv is not None else sys.argv[1:]
+    if argv[0] == "--rank-of":  # one process of a multi-GPU run (see launch_data_parallel)
+        train_rank(BcRun.load(argv[1]))
+        return 0
+    run = BcRun.load(argv[0])
     reporter = Reporter()
     try:
         metrics = train_and_measure(run, reporter)

@@ -200,7 +200,10 @@ class BcConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip_norm: Positive = 10.0
     steps: Annotated[int, Field(ge=1)] = 6000
-    batch_size: Annotated[int, Field(ge=1)] = 32
+    batch_size: Annotated[int, Field(ge=1)] = 32  # per GPU: with `gpus` > 1 the effective batch is batch_size x gpus
+    # GPUs for training: > 1 runs lerobot's multi-GPU path (`accelerate launch --multi_gpu`, data parallel, one
+    # process per GPU) and needs that many CUDA devices; a cluster profile requests them for the step's pod.
+    gpus: Annotated[int, Field(ge=1)] = 1
     num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes; 0 suits tabular features on few cores
     seed: int = 0
     log_freq: Annotated[int, Field(ge=1)] = 100
@@ -429,7 +432,10 @@ class RlConfig(_Section):
     """Stage `rl_policy`: a residual on the frozen BC policy, PPO (rsl_rl) in Isaac Lab on the USD twin."""
 
     physics: Literal["newton", "physx"] = "newton"  # physx needs Isaac Sim (not installable from PyPI)
-    num_envs: Annotated[int, Field(ge=1)] = 64
+    num_envs: Annotated[int, Field(ge=1)] = 64  # per GPU (with `gpus` > 1, gpus x num_envs envs in all)
+    # GPUs for PPO: > 1 runs Isaac Lab's distributed mode (torchrun, one env + rsl_rl learner per GPU, gradients
+    # all-reduced over NCCL, seed + rank per process); needs that many CUDA devices.
+    gpus: Annotated[int, Field(ge=1)] = 1
     physics_dt_s: Positive = 1 / 240  # control runs at the recording's fps: decimation = 1 / (fps x dt)
     episode_seconds: Positive = 8.0
     alpha: Positive = 5.0  # total = base + alpha * residual (so101 units; the arm spans -100..100)

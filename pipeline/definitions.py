@@ -6,12 +6,14 @@
     policy: (demos, sim_workcell) -> bc_policy ; (bc_policy, usd_twin) -> rl_policy
     twin:   sim_workcell -> scene_capture -> gaussian_splat -> collision_mesh -> usd_twin (+ demos: replay gap)
     report: (rl_policy, bc_policy, usd_twin) -> eval_report
+
+Deployment ($TWINLOOP_DEPLOYMENT): local (default) or k8s — the same graph; resources/ says what differs.
 """
 
 import dagster as dg
 
 from assets import ALL_ASSETS, ALL_CHECKS, ALL_SCHEDULES, ALL_SENSORS
-from resources import default_resources
+from resources import deployment_executor, deployment_resources
 
 defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, sensors=ALL_SENSORS, schedules=ALL_SCHEDULES,
-                      resources=default_resources())
+                      resources=deployment_resources(), executor=deployment_executor())

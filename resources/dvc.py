@@ -26,6 +26,10 @@ class DvcError(RuntimeError):
 class DvcResource(dg.ConfigurableResource):
     paths: dg.ResourceDependency[ProjectPaths]
     push: bool = True  # push to the recipe's remote after each commit, when one is set
+    # The cluster profile's object store (s3://bucket/prefix): overrides the recipe's `project.dvc_remote`, which
+    # stays the local default. Credentials: the usual AWS variables (or ~/.aws), as boto reads them.
+    remote_url: str = ""
+    s3_endpoint_url: str = ""  # S3-compatible stores that are not AWS (MinIO, Ceph, R2): their endpoint URL
 
     def _run(self, *args: str) -> str:
         root = self.paths.root_path
@@ -41,13 +45,16 @@ class DvcResource(dg.ConfigurableResource):
         return proc.stdout
 
     def ensure_remote(self) -> str | None:
-        """Point the default remote at the recipe's `project.dvc_remote` (kept in the untracked .dvc/config.local)."""
-        url = self.paths.recipe().project.dvc_remote
+        """Point the default remote at `remote_url`, else the recipe's `project.dvc_remote` (kept in the untracked
+        .dvc/config.local)."""
+        url = self.remote_url or self.paths.recipe().project.dvc_remote
         if not url:
             return None
         if "://" not in url and not Path(url).is_absolute():
             url = str((self.paths.root_path / url).resolve())
         self._run("remote", "add", "--local", "--force", "--default", "twinloop", url)
+        if self.s3_endpoint_url:
+            self._run("remote", "modify", "--local", "twinloop", "endpointurl", self.s3_endpoint_url)
         return url
 
     def commit_stage(self, stage: str) -> str:

@@ -1,7 +1,9 @@
 """Stage `rl_policy`: train the residual with rsl_rl PPO in the twin, score BC alone vs BC + residual, export.
 
 Runs as its own process (`python -m pipeline.rl.train`): Isaac Lab keeps one simulation per process, and the Dagster
-asset launches it through Pipes like `bc_policy`. Work folder `runs/rl/<fingerprint>/` (recipe, twin and BC
+asset launches it through Pipes like `bc_policy`. With `rl.gpus` = N > 1 it re-launches itself under `torchrun
+--nproc_per_node N` (Isaac Lab's distributed mode: each rank steps its own `num_envs` envs on `cuda:<rank>` with seed
++ rank, rsl_rl all-reduces the gradients over NCCL; rank 0 checkpoints, evaluates and exports). Work folder `runs/rl/<fingerprint>/` (recipe, twin and BC
 checkpoint md5): a rerun with the same inputs resumes from its last rsl_rl checkpoint; raising `rl.iterations`
 trains on.
 
@@ -98,8 +100,11 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     cfg = recipe.rl
     if device == "cuda" and not torch.cuda.is_available():
         raise RlError("device cuda requested, but torch sees no CUDA device")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # one process of a distributed run (torchrun): its own GPU and seed, as Isaac Lab's train.py
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     twin_usd, bc_checkpoint = Path(twin_dir) / "twin.usd", Path(bc_dir) / "pretrained_model"
-    env_cfg = make_env_cfg(recipe, twin_usd, bc_checkpoint, cfg.num_envs, device)
+    env_cfg = make_env_cfg(recipe, twin_usd, bc_checkpoint, cfg.num_envs, device, seed=cfg.seed + rank)
     work_dir = Path(runs_dir) / "rl" / fingerprint(recipe, twin_usd, bc_checkpoint)
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_other_runs(work_dir)
@@ -107,6 +112,7 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     env = TwinPickPlaceEnv(env_cfg)
     log(f"{cfg.num_envs} twin envs on {device} ({time.perf_counter() - t0:.0f} s to build); work folder {work_dir}")
     agent = handle_deprecated_rsl_rl_cfg(make_agent_cfg(cfg, device), check_rsl_rl_version())
+    agent.seed = cfg.seed + rank
     runner = create_rsl_rl_runner(RslRlVecEnvWrapper(env, clip_actions=agent.clip_actions), agent,
                                   log_dir=str(work_dir))
     last = _last_checkpoint(work_dir)
@@ -120,7 +126,10 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     if remaining:
         runner.learn(num_learning_iterations=remaining, init_at_random_ep_len=done == 0)
     train_seconds = time.perf_counter() - t_train
-    train_steps = remaining * cfg.steps_per_env * cfg.num_envs
+    train_steps = remaining * cfg.steps_per_env * cfg.num_envs * world
+    if rank != 0:  # rank 0 holds the checkpoints and does the rest
+        env.close()
+        return None
 
     log(f"evaluating BC alone and BC + residual on {cfg.eval_episodes} held-out cube poses")
     policy = runner.get_inference_policy(device=str(env.device))
@@ -143,7 +152,8 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
         scores[name] = {"successes": k, "episodes": n, "success_rate": k / n if n else 0.0,
                         "ci95": list(wilson_interval(k, n))}
     metrics = {
-        "iterations": cfg.iterations, "resumed_from_iteration": done, "num_envs": cfg.num_envs, "device": device,
+        "iterations": cfg.iterations, "resumed_from_iteration": done, "num_envs": cfg.num_envs * world,
+        "gpus": world if world > 1 else (1 if device.startswith("cuda") else 0), "device": device,
         "train_env_steps": train_steps,
         "train_env_steps_per_s": train_steps / train_seconds if remaining and train_seconds > 0 else None,
         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
@@ -227,6 +237,25 @@ def _figures(curve: dict, scores: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def launch_distributed(gpus: int, argv: list[str], device: str) -> None:
+    """Isaac Lab's multi-GPU training: this stage once per GPU under torchrun (`--standalone`: one machine)."""
+    import subprocess
+
+    import torch
+
+    if device != "cuda" or torch.cuda.device_count() < gpus:
+        raise RlError(f"rl.gpus is {gpus}, but this run has device {device} and torch sees "
+                      f"{torch.cuda.device_count()} CUDA device(s): use --device cuda on a machine with {gpus} GPUs, "
+                      "or set rl.gpus to what it has")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "pipeline.rl.train", *argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}  # this process reports
+    print(f"rl: {gpus} GPUs: {' '.join(command)}", flush=True)
+    if subprocess.run(command, env=env, check=False).returncode != 0:
+        raise RlError("distributed PPO failed (see the ranks' output above); a rerun resumes from the last "
+                      "checkpoint in the work folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.rl.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
@@ -238,11 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pipeline.bc import Reporter
 
+    if "LOCAL_RANK" in os.environ:  # one rank of a distributed run: plain log lines, rank 0 writes the outputs
+        build_rl_policy(load_recipe(args.params), Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),
+                        device=args.device)
+        return 0
     reporter = Reporter()
     error = None
     try:
-        metrics = build_rl_policy(load_recipe(args.params), Path(args.twin), Path(args.bc), Path(args.out),
-                                  Path(args.runs), device=args.device, log=reporter.info)
+        recipe = load_recipe(args.params)
+        if recipe.rl.gpus > 1:
+            launch_distributed(recipe.rl.gpus, argv if argv is not None else sys.argv[1:], args.device)
+            metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+        else:
+            metrics = build_rl_policy(recipe, Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),
+                                      device=args.device, log=reporter.info)
         s = metrics["twin_success"]
         reporter.materialized({"bc_success_rate": s["bc"]["success_rate"],
                                "bc_residual_success_rate": s["bc_residual"]["success_rate"],
