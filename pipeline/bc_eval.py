@@ -41,7 +41,9 @@ class LerobotPolicy:
         self.policy = get_policy_class(config.type).from_pretrained(path, config=config).to(self.device).eval()
         self.preprocessor, self.postprocessor = make_pre_post_processors(
             self.policy.config, pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": device}})
+            preprocessor_overrides={"device_processor": {"device": device}},
+            # actions stay on the policy's device (the saved postprocessor moves them to the CPU: a sync per step)
+            postprocessor_overrides={"device_processor": {"device": device}})
         self.input_keys = list(self.policy.config.input_features)
 
     def reset(self) -> None:

@@ -56,6 +56,23 @@ def test_env_resets_steps_and_a_zero_residual_is_exactly_bc(env, tiny_bc):
         ended |= bool((terminated | truncated).any())
     assert ended and int(env.episode_length_buf.max()) < 15
 
+    # The servo target is written once per control step, not before each of the 8 physics steps: the same
+    # trajectory as writing it every physics step (the same seeded episode replayed both ways).
+    def rollout():
+        env.next_seed = 0
+        env.reset()
+        residual = torch.full((3, 6), 0.3)
+        return np.stack([env.step(residual)[0]["policy"][:, :6].numpy().copy() for _ in range(8)])
+
+    once = rollout()
+    apply_once = env._apply_action
+    env._apply_action = lambda: env.robot.actuators.target_command.set_position_index(value=env.target)
+    try:
+        every = rollout()
+    finally:
+        env._apply_action = apply_once
+    assert np.abs(once).max() > 0 and np.array_equal(once, every)
+
 
 def test_training_writes_a_checkpoint_exports_the_actor_and_resumes(tmp_path, synthetic_twin, tiny_bc):
     import torch

@@ -92,6 +92,7 @@ class TwinPickPlaceEnv(DirectRLEnv):
         self.generator = torch.Generator().manual_seed(int(cfg.seed or 0))
         self.successes = torch.zeros(n, dtype=torch.bool, device=dev)
         self.episode_success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._target_applied = False
 
     # --- units -------------------------------------------------------------------------------------------------
     def to_radians(self, units: torch.Tensor) -> torch.Tensor:
@@ -133,9 +134,14 @@ class TwinPickPlaceEnv(DirectRLEnv):
         target = torch.maximum(torch.minimum(target, self.hi), self.lo)
         self.history = torch.cat([target[:, None], self.history[:, :-1]], 1)  # newest first
         self.target = self.history[torch.arange(self.num_envs, device=self.device), self.latency]
+        self._target_applied = False
 
     def _apply_action(self) -> None:
-        self.robot.actuators.target_command.set_position_index(value=self.target)
+        # Isaac Lab calls this before each of the `decimation` physics steps; the servo target is constant over a
+        # control step and the actuator keeps it, so it is written once (tested: same trajectory as every step).
+        if not self._target_applied:
+            self.robot.actuators.target_command.set_position_index(value=self.target)
+            self._target_applied = True
 
     def _observation(self) -> dict[str, torch.Tensor]:
         pos, quat = self.cube_local()

@@ -2,10 +2,11 @@
 
 Runs as its own process (`python -m pipeline.rl.train`): Isaac Lab keeps one simulation per process, and the Dagster
 asset launches it through Pipes like `bc_policy`. With `rl.gpus` = N > 1 it re-launches itself under `torchrun
---nproc_per_node N` (Isaac Lab's distributed mode: each rank steps its own `num_envs` envs on `cuda:<rank>` with seed
-+ rank, rsl_rl all-reduces the gradients over NCCL; rank 0 checkpoints, evaluates and exports). Work folder `runs/rl/<fingerprint>/` (recipe, twin and BC
-checkpoint md5): a rerun with the same inputs resumes from its last rsl_rl checkpoint; raising `rl.iterations`
-trains on.
+--nproc_per_node N` (Isaac Lab's distributed mode: each rank steps its own `num_envs` envs on `cuda:<rank>` with
+seed + rank, rsl_rl all-reduces the gradients over NCCL; rank 0 checkpoints, evaluates and exports).
+
+Work folder `runs/rl/<fingerprint>/` (recipe, twin and BC checkpoint md5): a rerun with the same inputs resumes from
+its last rsl_rl checkpoint; raising `rl.iterations` trains on.
 
 Writes to `out_dir` (models/rl):
   model.pt            the last rsl_rl checkpoint (actor, critic, optimizer, iteration)
