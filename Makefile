@@ -42,8 +42,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest
 
-validate: setup
+validate: setup  # both deployment profiles (local and the Kubernetes one, resources/k8s.py)
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+	TWINLOOP_DEPLOYMENT=k8s $(VENV)/bin/dagster definitions validate -w workspace.yaml
 
 ui: setup
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $${PORT:-3000}
