@@ -125,7 +125,11 @@ def test_ui_shows_every_asset_and_materializes_demos(tmp_path, workcell_xml):
             browser.close()
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # seen once on a loaded CI run: dagster dev hung in its own shutdown
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
         log.close()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["demos"]["outs"][0]["md5"]  # the UI's run committed the demos to DVC
