@@ -96,7 +96,7 @@ def main() -> int:
     print(f"\n{args.stage}: {torch.cuda.get_device_name(0)}, overrides {OVERRIDES[args.stage]}")
     for gpus, r in results.items():
         print(f"  {gpus} GPU(s): " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in r.items() if v is not None))
+                                               for k, v in r.items()))
     print(f"  ratio {args.gpus} GPUs / 1 GPU ({key}): {results[args.gpus][key] / results[1][key]:.2f}")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)

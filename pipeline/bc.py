@@ -321,24 +321,28 @@ def run_lerobot_train(args: list[str], log_path: Path, reporter: Reporter | None
             logging.getLogger().removeFilter(tap)
 
 
+def launch_on_gpus(command: list[str], setting: str, gpus: int, device: str, error: type[Exception]) -> None:
+    """Run a multi-process launcher (accelerate, torchrun) for `gpus` GPUs; refused before it starts when this
+    machine has fewer. Only the calling process speaks Dagster Pipes; the ranks report as plain log lines."""
+    import torch
+
+    have = torch.cuda.device_count()
+    if device != "cuda" or have < gpus:
+        raise error(f"{setting} is {gpus}, but torch sees {have} CUDA device(s) here (device {device}): set {setting} "
+                    "to at most that, or run with --device cuda on a machine with that many GPUs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    print(f"{setting} = {gpus}: {' '.join(command)}", flush=True)
+    if subprocess.run(command, env=env, check=False).returncode != 0:
+        raise error(f"the {gpus}-GPU run failed (see the ranks' output above); a rerun resumes from its last "
+                    "checkpoint")
+
+
 def launch_data_parallel(run: BcRun, gpus: int, device: str) -> None:
     """lerobot's multi-GPU training: one lerobot-train process per GPU under `accelerate launch --multi_gpu`
     (DDP; each process draws its own shard of every batch, so the effective batch is batch_size x gpus)."""
-    import torch
-
-    if device != "cuda" or torch.cuda.device_count() < gpus:
-        raise RuntimeError(f"bc.gpus is {gpus}, but torch sees {torch.cuda.device_count()} CUDA device(s) on this "
-                           f"machine (device {device}): set bc.gpus to at most that, or run on a bigger machine")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={gpus}",
-               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline.bc",
-               "--rank-of", str(run.spec_path)]
-    # The ranks report as plain log lines; only this process speaks Dagster Pipes (one materialization).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
-    print(f"BC: {gpus} GPUs: {' '.join(command)}", flush=True)
-    result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"multi-GPU BC training exited with status {result.returncode}; a rerun resumes from "
-                           f"{run.last_checkpoint} if a checkpoint was written")
+    launch_on_gpus([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={gpus}",
+                    "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline.bc",
+                    "--rank-of", str(run.spec_path)], "bc.gpus", gpus, device, RuntimeError)
 
 
 def train_rank(run: BcRun) -> None:

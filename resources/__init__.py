@@ -35,13 +35,10 @@ def default_resources(root: str | None = None) -> dict:
 def k8s_resources() -> dict:
     """The cluster's: the project on the shared volume, DVC pushing to the object store ($TWINLOOP_DVC_REMOTE,
     required when a stage commits; read when the step runs, not at load)."""
-    paths = ProjectPaths(root=os.environ.get("TWINLOOP_ROOT", DEFAULT_ROOT))
-    return {
-        **default_resources(paths.root),
-        "paths": paths,
-        "dvc": DvcResource(paths=paths, remote_url=dg.EnvVar("TWINLOOP_DVC_REMOTE"),
-                           s3_endpoint_url=os.environ.get("TWINLOOP_DVC_S3_ENDPOINT", "")),
-    }
+    resources = default_resources(os.environ.get("TWINLOOP_ROOT", DEFAULT_ROOT))
+    resources["dvc"] = DvcResource(paths=resources["paths"], remote_url=dg.EnvVar("TWINLOOP_DVC_REMOTE"),
+                                   s3_endpoint_url=os.environ.get("TWINLOOP_DVC_S3_ENDPOINT", ""))
+    return resources
 
 
 def deployment_resources() -> dict:

@@ -97,4 +97,3 @@ class DvcResource(dg.ConfigurableResource):
             return lock["stages"][stage]["outs"][0]["md5"]
         except (KeyError, IndexError) as exc:
             raise DvcError(f"dvc.lock has no output md5 for stage {stage!r}") from exc
-

@@ -57,12 +57,10 @@ class BatchedBC:
         (lerobot's normalization, ACT, unnormalization) is replayed as one CUDA graph: at a thousand envs the eager
         pass is a few hundred tiny kernel launches, most of the step's time."""
         batch = {k: observation[k].to(self.device, torch.float32) for k in self.input_keys}
-        if self.device.type != "cuda" or self._graph is False:
-            return self._forward(batch)
-        if self._graph is None:
+        if self.device.type == "cuda" and self._graph is None:
             self._capture(batch)
-            if self._graph is False:
-                return self._forward(batch)
+        if not self._graph:  # CPU, or capture failed
+            return self._forward(batch)
         for k, v in batch.items():
             self._static_in[k].copy_(v)
         self._graph.replay()

@@ -92,7 +92,6 @@ class TwinPickPlaceEnv(DirectRLEnv):
         self.generator = torch.Generator().manual_seed(int(cfg.seed or 0))
         self.successes = torch.zeros(n, dtype=torch.bool, device=dev)
         self.episode_success = torch.zeros(n, dtype=torch.bool, device=dev)
-        self._target_applied = False
 
     # --- units -------------------------------------------------------------------------------------------------
     def to_radians(self, units: torch.Tensor) -> torch.Tensor:

@@ -240,21 +240,10 @@ def _figures(curve: dict, scores: dict, out: Path) -> None:
 
 def launch_distributed(gpus: int, argv: list[str], device: str) -> None:
     """Isaac Lab's multi-GPU training: this stage once per GPU under torchrun (`--standalone`: one machine)."""
-    import subprocess
+    from pipeline.bc import launch_on_gpus
 
-    import torch
-
-    if device != "cuda" or torch.cuda.device_count() < gpus:
-        raise RlError(f"rl.gpus is {gpus}, but this run has device {device} and torch sees "
-                      f"{torch.cuda.device_count()} CUDA device(s): use --device cuda on a machine with {gpus} GPUs, "
-                      "or set rl.gpus to what it has")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "pipeline.rl.train", *argv]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}  # this process reports
-    print(f"rl: {gpus} GPUs: {' '.join(command)}", flush=True)
-    if subprocess.run(command, env=env, check=False).returncode != 0:
-        raise RlError("distributed PPO failed (see the ranks' output above); a rerun resumes from the last "
-                      "checkpoint in the work folder")
+    launch_on_gpus([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                    "-m", "pipeline.rl.train", *argv], "rl.gpus", gpus, device, RlError)
 
 
 def main(argv: list[str] | None = None) -> int:
