@@ -37,7 +37,7 @@ $(DAGSTER_HOME)/dagster.yaml: resources/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp $< $@
 
 demo: setup
-	$(VENV)/bin/dagster asset materialize -m pipeline.definitions --select '*'
+	$(VENV)/bin/dagster asset materialize -m assets.definitions --select '*'
 
 test: setup
 	$(VENV)/bin/python -m pytest

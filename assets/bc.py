@@ -23,7 +23,7 @@ RUNS_DIR = "runs"  # resumable work folders (git- and DVC-ignored)
 )
 def bc_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource, compute: ComputeDevice,
               pipes_subprocess: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-    from pipeline.bc import BcInputError, child_command, finish_run, plan_run
+    from pipeline.bc.stage import BcInputError, child_command, finish_run, plan_run
 
     recipe = paths.recipe()
     try:

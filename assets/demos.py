@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.sim import WORKCELL_DIR, image_md, sim_workcell
-from pipeline.demo_checks import CHECK_SPECS
+from pipeline.demos.checks import CHECK_SPECS
 from resources import DVC_POOL, DvcResource, ProjectPaths
 
 DEMOS_DIR = "data/demos"
@@ -27,8 +27,8 @@ class DemosRunConfig(dg.Config):
 )
 def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: ProjectPaths,
           dvc: DvcResource) -> dg.MaterializeResult:
-    from pipeline.demos import DemoInputError, build_demos, contact_sheet, summarize
-    from pipeline.inbox import BatchRejected, ingest_batch
+    from pipeline.demos.stage import DemoInputError, build_demos, contact_sheet, summarize
+    from pipeline.demos.inbox import BatchRejected, ingest_batch
 
     recipe = paths.recipe()
     root = paths.artifact(DEMOS_DIR)
@@ -67,7 +67,7 @@ def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: Proj
     "episodes, state-action lag, near-duplicate episodes.",
 )
 def demos_quality(paths: ProjectPaths):
-    from pipeline.demo_checks import DemoData, run_checks
+    from pipeline.demos.checks import DemoData, run_checks
 
     recipe = paths.recipe()
     outcomes = {o.name: o for o in run_checks(DemoData.load(paths.artifact(DEMOS_DIR)), recipe.demos.checks,
@@ -96,7 +96,7 @@ POLICY_CHAIN = RETRAIN_AFTER_DEMOS - dg.AssetSelection.assets("demos")
            "quarantined in data/inbox/rejected/); the same run re-trains what depends on the demos (bc_policy -> "
            "rl_policy -> eval_report), never the twin chain.")
 def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths):
-    from pipeline.inbox import pending_batches
+    from pipeline.demos.inbox import pending_batches
 
     inbox = paths.artifact(INBOX_DIR)
     for name in pending_batches(inbox, settled_for_s=10):
@@ -111,7 +111,7 @@ def demos_inbox_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths)
              description="Nightly: re-train bc_policy -> rl_policy -> eval_report when the demos changed since "
              "bc_policy was last trained (compared by DVC md5); skips otherwise.")
 def nightly_retrain(context: dg.ScheduleEvaluationContext, paths: ProjectPaths):
-    from pipeline.lineage import demos_changed_since_training
+    from pipeline.common.lineage import demos_changed_since_training
 
     reason = demos_changed_since_training(paths.root_path)
     if reason is None:

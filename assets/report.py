@@ -25,7 +25,7 @@ EVAL_DIR = "reports/eval"
 def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource,
                 robot: RobotConnection) -> dg.MaterializeResult:
     from pipeline.eval.robots import RobotUnavailable
-    from pipeline.eval.run import EvalError, build_eval_report
+    from pipeline.eval.stage import EvalError, build_eval_report
 
     recipe = paths.recipe()
     if robot.kind != "sim" or recipe.eval.robot != "twin":

@@ -29,7 +29,7 @@ def rl_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
 
     recipe = paths.recipe()
     device = "cuda" if compute.device == "cuda" or (compute.device == "auto" and torch.cuda.is_available()) else "cpu"
-    command = [sys.executable, "-m", "pipeline.rl.train", "--params", str(paths.root_path / "params.yaml"),
+    command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(paths.root_path / "params.yaml"),
                "--twin", str(paths.artifact(TWIN_DIR)), "--bc", str(paths.artifact(BC_DIR)),
                "--out", str(paths.artifact(RL_DIR)), "--runs", str(paths.artifact(RUNS_DIR)), "--device", device]
     pipes_subprocess.run(command=command, context=context, cwd=str(paths.root_path), env={"HF_HUB_OFFLINE": "1"})
@@ -68,7 +68,7 @@ def rl_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
 def rl_policy_is_loadable(paths: ProjectPaths) -> dg.AssetCheckResult:
     import torch
 
-    from pipeline.sim.build import file_md5
+    from pipeline.workcell.build import file_md5
 
     out = paths.artifact(RL_DIR)
     manifest = json.loads((out / "policy_manifest.json").read_text())

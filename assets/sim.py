@@ -18,7 +18,7 @@ WORKCELL_DIR = "models/workcell"
     "scripted expert's measured success rate.",
 )
 def sim_workcell(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource) -> dg.MaterializeResult:
-    from pipeline.workcell import build_sim_workcell
+    from pipeline.workcell.stage import build_sim_workcell
 
     recipe = paths.recipe()
     metrics = build_sim_workcell(recipe, paths.artifact(WORKCELL_DIR), log=context.log.info)

@@ -25,7 +25,7 @@ RUNS_DIR = "runs"
     "(params.yaml `capture`).",
 )
 def scene_capture(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource) -> dg.MaterializeResult:
-    from pipeline.capture import CaptureError, build_scene_capture
+    from pipeline.capture.stage import CaptureError, build_scene_capture
 
     recipe = paths.recipe()
     try:
@@ -60,9 +60,9 @@ def scene_capture(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: D
 )
 def gaussian_splat(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource,
                    compute: ComputeDevice) -> dg.MaterializeResult:
-    from pipeline.capture import CaptureError
-    from pipeline.ply import PlyError
-    from pipeline.splat.train import SplatError, build_gaussian_splat
+    from pipeline.capture.stage import CaptureError
+    from pipeline.common.ply import PlyError
+    from pipeline.splat.stage import SplatError, build_gaussian_splat
 
     recipe = paths.recipe()
     try:
@@ -119,8 +119,8 @@ def splat_matches_holdout_views(paths: ProjectPaths) -> dg.AssetCheckResult:
 )
 def collision_mesh(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource,
                    compute: ComputeDevice) -> dg.MaterializeResult:
-    from pipeline.capture import CaptureError
-    from pipeline.mesh.build import build_collision_mesh
+    from pipeline.capture.stage import CaptureError
+    from pipeline.mesh.stage import build_collision_mesh
     from pipeline.mesh.fusion import MeshError
 
     recipe = paths.recipe()
@@ -163,7 +163,7 @@ def _mesh_metrics(paths: ProjectPaths) -> dict:
 @dg.asset_check(asset=collision_mesh, blocking=True, description="Every hull file, as trimesh reads it back, is "
                 "watertight and convex with positive volume.")
 def hulls_are_closed_and_convex(paths: ProjectPaths) -> dg.AssetCheckResult:
-    from pipeline.mesh.build import check_hulls
+    from pipeline.mesh.stage import check_hulls
 
     results = check_hulls(paths.artifact(MESH_DIR))
     bad = [r for r in results if not r["ok"]]
@@ -178,7 +178,7 @@ def hulls_are_closed_and_convex(paths: ProjectPaths) -> dg.AssetCheckResult:
 @dg.asset_check(asset=collision_mesh, blocking=True, description="Every part has a hull, no object needs more than "
                 "mesh.max_hulls_per_object, the scene no more than mesh.max_hulls (too many: a noisy reconstruction).")
 def hull_count_within_bounds(paths: ProjectPaths) -> dg.AssetCheckResult:
-    from pipeline.mesh.build import hull_count_problems
+    from pipeline.mesh.stage import hull_count_problems
 
     metrics = _mesh_metrics(paths)
     scene = json.loads((paths.artifact(MESH_DIR) / "scene.json").read_text())
@@ -231,9 +231,9 @@ def objects_found_as_expected(paths: ProjectPaths) -> dg.AssetCheckResult:
     "validated (UsdValidation), loaded and settled in Newton, and scored by replaying recorded actions open loop.",
 )
 def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource) -> dg.MaterializeResult:
-    from pipeline.capture import CaptureError
+    from pipeline.capture.stage import CaptureError
     from pipeline.twin.author import TwinError
-    from pipeline.twin.build import build_usd_twin
+    from pipeline.twin.stage import build_usd_twin
 
     recipe = paths.recipe()
     try:
@@ -271,7 +271,7 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
 
 
 def _replay_table(replay: dict) -> str:
-    from pipeline.sim.joints import SIM_JOINTS
+    from pipeline.workcell.joints import SIM_JOINTS
 
     rows = ["| recording | episodes | frames | " + " | ".join(SIM_JOINTS) + " | mean |",
             "|---|---|---|" + "---|" * (len(SIM_JOINTS) + 1)]
@@ -292,7 +292,7 @@ def _twin_metrics(paths: ProjectPaths) -> dict:
                 "validator (UsdValidation, usdchecker's engine in usd-core 26) and holds an articulation root, the "
                 "colliders, Gaussians in a ParticleField3DGaussianSplat prim, Z up and metres.")
 def twin_stage_is_valid(paths: ProjectPaths) -> dg.AssetCheckResult:
-    from pipeline.twin.build import stage_problems, stage_summary, validation_errors
+    from pipeline.twin.stage import stage_problems, stage_summary, validation_errors
 
     usd = paths.artifact(TWIN_DIR) / "twin.usd"
     errors = validation_errors(usd)

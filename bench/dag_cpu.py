@@ -63,8 +63,8 @@ def step_seconds(dagster_home: Path) -> dict[str, float]:
 
 def record_batch(workdir: Path, batch: Path, episodes: int, seed: int) -> None:
     """New demos from the sim expert (another seed than the default demos), as a LeRobot dataset in the inbox."""
-    script = ("import sys; from pathlib import Path; from pipeline.config import load_recipe; "
-              "from pipeline.demos import build_demos; r = load_recipe('params.yaml'); "
+    script = ("import sys; from pathlib import Path; from pipeline.common.recipe import load_recipe; "
+              "from pipeline.demos.stage import build_demos; r = load_recipe('params.yaml'); "
               f"r = r.model_copy(update={{'demos': r.demos.model_copy(update={{'seed': {seed}, 'episodes': {episodes}}})}}); "
               f"print(build_demos(r, Path({str(batch)!r}), workcell_xml=Path('models/workcell/workcell.xml')))")
     subprocess.run([sys.executable, "-c", script], cwd=workdir, check=True, stdout=subprocess.DEVNULL)
@@ -97,7 +97,7 @@ def main() -> int:
     log.write_text(f"code {commit}, cores {os.sched_getaffinity(0)}\n")
     print(f"fresh clone at {commit.strip()} in {work}; {len(os.sched_getaffinity(0))} cores; log {log}", flush=True)
 
-    dagster = [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "pipeline.definitions"]
+    dagster = [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "assets.definitions"]
     whole = _run([*dagster, "--select", "*"], work, env, log)
     whole_steps = step_seconds(home)
     print(f"whole DAG: {whole:.0f} s", flush=True)

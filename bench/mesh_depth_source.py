@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipeline.mesh.build as stage  # noqa: E402
-from pipeline.config import load_recipe  # noqa: E402
+import pipeline.mesh.stage as stage  # noqa: E402
+from pipeline.common.recipe import load_recipe  # noqa: E402
 from pipeline.mesh.fusion import drop_depth_edges  # noqa: E402
 
 

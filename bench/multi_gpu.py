@@ -43,8 +43,8 @@ def recipe_file(base: Path, stage: str, gpus: int, folder: Path) -> Path:
 
 
 def run_bc(params: Path, demos: Path, workcell_xml: Path, work: Path) -> dict:
-    from pipeline.bc import build_bc_policy
-    from pipeline.config import load_recipe
+    from pipeline.bc.stage import build_bc_policy
+    from pipeline.common.recipe import load_recipe
 
     t = time.perf_counter()
     metrics = build_bc_policy(load_recipe(params), demos, workcell_xml, work / "bc", work / "runs", device="cuda")
@@ -54,7 +54,7 @@ def run_bc(params: Path, demos: Path, workcell_xml: Path, work: Path) -> dict:
 
 
 def run_rl(params: Path, twin: Path, bc: Path, work: Path) -> dict:
-    command = [sys.executable, "-m", "pipeline.rl.train", "--params", str(params), "--twin", str(twin), "--bc",
+    command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(params), "--twin", str(twin), "--bc",
                str(bc), "--out", str(work / "rl"), "--runs", str(work / "runs"), "--device", "cuda"]
     t = time.perf_counter()
     subprocess.run(command, check=True)

@@ -33,7 +33,7 @@ def newton_steps_per_s(single, worlds: int, device: str, steps: int, dt: float, 
     import numpy as np
     import warp as wp
 
-    from pipeline.sim.build import replicate_workcell
+    from pipeline.workcell.build import replicate_workcell
 
     model = replicate_workcell(single, worlds, device)
     solver = newton.solvers.SolverMuJoCo(model, njmax=300, nconmax=150)
@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    from pipeline.config import load_recipe
-    from pipeline.sim.build import build_newton_builder, compile_workcell
+    from pipeline.common.recipe import load_recipe
+    from pipeline.workcell.build import build_newton_builder, compile_workcell
 
     recipe = load_recipe(args.params)
     cfg = recipe.workcell

@@ -64,9 +64,9 @@ def raw_physics(twin_usd: Path, worlds: int, device: str, dt: float, decimation:
 def env_steps(twin_usd: Path, bc: Path, envs: int, device: str, steps: int, profile: bool = False) -> dict:
     import torch
 
-    from pipeline.config import load_recipe
+    from pipeline.common.recipe import load_recipe
     from pipeline.rl.env import TwinPickPlaceEnv
-    from pipeline.rl.task import make_env_cfg
+    from pipeline.rl.env_cfg import make_env_cfg
 
     env = TwinPickPlaceEnv(make_env_cfg(load_recipe(), twin_usd, bc, envs, device, evaluation=True, seed=0))
     zeros = torch.zeros(envs, 6, device=env.device)

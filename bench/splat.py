@@ -3,7 +3,7 @@
     python bench/splat.py --capture data/capture --iterations 7000
 
 Both train from the same capture, the same initial Gaussians and the same hyper-parameters (params.yaml `splat`):
-  asset:  pipeline.splat.train.SplatTrainer with backend gsplat (what `gaussian_splat` runs on CUDA: seeded view
+  asset:  pipeline.splat.stage.SplatTrainer with backend gsplat (what `gaussian_splat` runs on CUDA: seeded view
           order, progress bar, train_log.jsonl, resumable checkpoints)
   plain:  the loop of gsplat's examples/simple_trainer.py written out (rasterization + DefaultStrategy + Adam,
           L1 + SSIM), nothing else
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.capture import Capture  # noqa: E402
-from pipeline.config import load_recipe  # noqa: E402
-from pipeline.splat.train import (PARAM_NAMES, SplatTrainer, Views, initial_gaussians, psnr, render_view,  # noqa: E402
+from pipeline.capture.stage import Capture  # noqa: E402
+from pipeline.common.recipe import load_recipe  # noqa: E402
+from pipeline.splat.stage import (PARAM_NAMES, SplatTrainer, Views, initial_gaussians, psnr, render_view,  # noqa: E402
                                   score, ssim)
 
 

@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120, help="frames of the first episode replayed")
     args = parser.parse_args()
 
-    from pipeline.demo_checks import DemoData
-    from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, lerobot_to_sim
+    from pipeline.demos.checks import DemoData
+    from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, lerobot_to_sim
     from pipeline.twin.physics import load_twin
     from pipeline.twin.replay import replay_dataset
 

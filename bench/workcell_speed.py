@@ -25,13 +25,13 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    from pipeline.config import load_recipe
-    from pipeline.sim.workcell import Workcell
+    from pipeline.common.recipe import load_recipe
+    from pipeline.workcell.cell import Workcell
 
     recipe = load_recipe(args.params)
     xml = Path(args.workcell)
     if not xml.is_file():
-        from pipeline.sim.build import compile_workcell
+        from pipeline.workcell.build import compile_workcell
 
         xml = compile_workcell(recipe.workcell, Path(tempfile.mkdtemp()) / "workcell")
     wc = Workcell(xml, recipe.workcell)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import RecipeError, load_recipe
+from pipeline.common.recipe import RecipeError, load_recipe
 
 STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
               "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh",
@@ -48,19 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: recipe.section_hash(name) for name in type(recipe).model_fields}, indent=2))
         return 0
     if args.command == "eval" or args.stage == "eval_report":
-        from pipeline.eval.run import main as run_eval
+        from pipeline.eval.stage import main as run_eval
 
         extra = ["--robot", args.robot] if getattr(args, "robot", None) else []
         extra += ["--dry-run"] if getattr(args, "dry_run", False) else []
         return run_eval(["--params", args.params, "--twin", STAGE_DIRS["usd_twin"], "--bc", STAGE_DIRS["bc_policy"],
                          "--rl", STAGE_DIRS["rl_policy"], "--out", STAGE_DIRS["eval_report"], *extra])
     if args.stage == "sim_workcell":
-        from pipeline.workcell import build_sim_workcell
+        from pipeline.workcell.stage import build_sim_workcell
 
         print(json.dumps(build_sim_workcell(recipe, Path(STAGE_DIRS["sim_workcell"])), indent=2))
     elif args.stage == "demos":
-        from pipeline.demo_checks import DemoData, failures, run_checks
-        from pipeline.demos import build_demos
+        from pipeline.demos.checks import DemoData, failures, run_checks
+        from pipeline.demos.stage import build_demos
 
         result = build_demos(recipe, Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml")
         print(json.dumps(result, indent=2))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"check failed: {outcome.name}: {outcome.message}", file=sys.stderr)
         return 1 if bad else 0
     elif args.stage == "bc_policy":
-        from pipeline.bc import BcInputError, build_bc_policy
+        from pipeline.bc.stage import BcInputError, build_bc_policy
 
         try:
             metrics = build_bc_policy(recipe, Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml",
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps({k: v for k, v in metrics.items() if k != "lerobot_train_args"}, indent=2))
     elif args.stage == "scene_capture":
-        from pipeline.capture import CaptureError, build_scene_capture
+        from pipeline.capture.stage import CaptureError, build_scene_capture
 
         try:
             metrics = build_scene_capture(recipe, Path(STAGE_DIRS["scene_capture"]),
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(metrics, indent=2))
     elif args.stage == "gaussian_splat":
-        from pipeline.capture import CaptureError
-        from pipeline.ply import PlyError
-        from pipeline.splat.train import SplatError, build_gaussian_splat
+        from pipeline.capture.stage import CaptureError
+        from pipeline.common.ply import PlyError
+        from pipeline.splat.stage import SplatError, build_gaussian_splat
 
         try:
             metrics = build_gaussian_splat(recipe, Path(STAGE_DIRS["scene_capture"]), Path(STAGE_DIRS["gaussian_splat"]),
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{metrics['min_holdout_psnr_db']} dB", file=sys.stderr)
             return 1
     elif args.stage == "collision_mesh":
-        from pipeline.capture import CaptureError
-        from pipeline.mesh.build import build_collision_mesh
+        from pipeline.capture.stage import CaptureError
+        from pipeline.mesh.stage import build_collision_mesh
         from pipeline.mesh.fusion import MeshError
 
         try:
@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"check failed: {message}", file=sys.stderr)
         return 1 if failed else 0
     elif args.stage == "usd_twin":
-        from pipeline.capture import CaptureError
+        from pipeline.capture.stage import CaptureError
         from pipeline.twin.author import TwinError
-        from pipeline.twin.build import build_usd_twin, twin_problems
+        from pipeline.twin.stage import build_usd_twin, twin_problems
 
         try:
             metrics = build_usd_twin(recipe, Path(STAGE_DIRS["collision_mesh"]), Path(STAGE_DIRS["gaussian_splat"]),
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'check failed' if message in failed else 'warning'}: {message}", file=sys.stderr)
         return 1 if failed else 0
     elif args.stage == "rl_policy":
-        from pipeline.rl.train import main as train_rl
+        from pipeline.rl.stage import main as train_rl
 
         import torch
 
@@ -161,7 +161,7 @@ def _project_command(args) -> int:
     import subprocess
 
     if args.command == "lineage":
-        from pipeline.lineage import LineageError, render, trace
+        from pipeline.common.lineage import LineageError, render, trace
 
         try:
             lineage = trace(Path.cwd(), args.target)
@@ -171,7 +171,7 @@ def _project_command(args) -> int:
         print(json.dumps(lineage.to_json(), indent=2) if args.json else render(lineage))
         return 0 if lineage.ok else 1
     if args.command == "status":
-        from pipeline.lineage import stale_stages
+        from pipeline.common.lineage import stale_stages
 
         stale = stale_stages(Path.cwd())
         if not stale:
@@ -188,7 +188,7 @@ def _project_command(args) -> int:
     if args.command == "materialize":
         select = args.select
         if select == "stale":
-            from pipeline.lineage import stale_stages
+            from pipeline.common.lineage import stale_stages
 
             stale = stale_stages(Path.cwd())
             if not stale:
@@ -196,7 +196,7 @@ def _project_command(args) -> int:
                 return 0
             select = ",".join(f"{stage}*" for stage in stale)
             print(f"stale: {', '.join(stale)} -> materializing {select}")
-        command = [dagster, "asset", "materialize", "-m", "pipeline.definitions", "--select", select]
+        command = [dagster, "asset", "materialize", "-m", "assets.definitions", "--select", select]
     else:
         command = [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)]
     return subprocess.call(command, env=env)

@@ -78,7 +78,7 @@ class DvcResource(dg.ConfigurableResource):
         produced = {out for entry in spec.values() for out in entry.get("outs", [])}
         upstream = {d["path"]: d.get("md5") for d in lock.get("deps", []) if d["path"] in produced}
         params = (lock.get("params") or {}).get("params.yaml", {})
-        from pipeline.lineage import code_commit
+        from pipeline.common.lineage import code_commit
 
         commit = code_commit(root)
         return {

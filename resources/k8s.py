@@ -42,7 +42,7 @@ def profile() -> str:
 
 def recipe_gpus(section: str | None, params: Path | None = None) -> int:
     """`<section>.gpus` from params.yaml (1 when absent): read leniently, so a recipe typo shows up when the stage
-    runs (with pipeline.config's message), not as a code location that fails to load."""
+    runs (with pipeline.common.recipe's message), not as a code location that fails to load."""
     if section is None:
         return 1
     params = params or Path(os.environ.get("TWINLOOP_ROOT", ".")) / "params.yaml"

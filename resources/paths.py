@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.common.recipe import Recipe, load_recipe
 
 
 class ProjectPaths(dg.ConfigurableResource):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def recipe():
-    from pipeline.config import load_recipe
+    from pipeline.common.recipe import load_recipe
 
     return load_recipe(ROOT / "params.yaml")
 
@@ -22,14 +22,14 @@ def recipe():
 @pytest.fixture(scope="session")
 def workcell_xml(recipe, tmp_path_factory):
     """The default workcell, compiled once per test session from the official SO-101 USD (~1 min on 2 cores)."""
-    from pipeline.sim.build import compile_workcell
+    from pipeline.workcell.build import compile_workcell
 
     return compile_workcell(recipe.workcell, tmp_path_factory.mktemp("workcell"))
 
 
 @pytest.fixture
 def workcell(workcell_xml, recipe):
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.cell import Workcell
 
     wc = Workcell(workcell_xml, recipe.workcell)
     yield wc
@@ -49,7 +49,7 @@ def small_recipe(recipe):
 
 @pytest.fixture(scope="session")
 def recorded(small_recipe, workcell_xml, tmp_path_factory):
-    from pipeline.demos import build_demos
+    from pipeline.demos.stage import build_demos
 
     root = tmp_path_factory.mktemp("demos") / "demos"
     result = build_demos(small_recipe, root, workcell_xml=workcell_xml)
@@ -83,7 +83,7 @@ def twin_inputs(tmp_path_factory):
     """scene.json + hull OBJs, Gaussians (table, cube, some on the robot), a two-view capture."""
     from PIL import Image
 
-    from pipeline.capture import Capture, look_at_camera_to_world, pinhole_K, write_transforms
+    from pipeline.capture.stage import Capture, look_at_camera_to_world, pinhole_K, write_transforms
 
     root = tmp_path_factory.mktemp("twin_inputs")
     mesh_dir = root / "mesh"
@@ -125,7 +125,7 @@ def twin_inputs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_twin(twin_inputs, recipe):
     """The twin authored once for the module (~20 s: CoACD splits the SO-101's jaw colliders)."""
-    from pipeline.sim.build import official_robot_usd
+    from pipeline.workcell.build import official_robot_usd
     from pipeline.twin.author import author_twin, split_splat
 
     parts = split_splat(twin_inputs["gaussians"], twin_inputs["scene"], [twin_inputs["scene"]["parts"][1]], twin_inputs["robot_points"],
@@ -139,7 +139,7 @@ def synthetic_twin(twin_inputs, recipe):
 @pytest.fixture(scope="session")
 def tiny_bc(small_recipe, recorded, workcell_xml, tmp_path_factory):
     """A lerobot ACT checkpoint trained for 6 steps on the two recorded demos (with its measured metrics)."""
-    from pipeline.bc import build_bc_policy
+    from pipeline.bc.stage import build_bc_policy
 
     tmp = tmp_path_factory.mktemp("bc")
     settings = {"steps": 6, "save_freq": 3, "log_freq": 1, "batch_size": 4, "held_out_episodes": 1,

@@ -27,9 +27,9 @@ def _folder_md5(folder):
 def test_new_demos_retrain_only_the_policy_chain(tmp_path, recorded, small_recipe, workcell_xml, synthetic_twin):
     from assets import ALL_ASSETS, ALL_CHECKS
     from assets.demos import demos, demos_inbox_sensor, demos_quality, nightly_retrain
-    from pipeline.demo_checks import DemoData
-    from pipeline.demos import build_demos, write_state_only
-    from pipeline.lineage import trace
+    from pipeline.demos.checks import DemoData
+    from pipeline.demos.stage import build_demos, write_state_only
+    from pipeline.common.lineage import trace
     from resources import ProjectPaths, default_resources
 
     project = tmp_path / "project"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.bc import BcInputError, build_bc_policy, child_command, lerobot_train_args, plan_run
+from pipeline.bc.stage import BcInputError, build_bc_policy, child_command, lerobot_train_args, plan_run
 
 
 def tiny(recipe, **bc):
@@ -118,7 +118,7 @@ def test_diffusion_is_selectable(small_recipe, recorded, workcell_xml, tmp_path)
 
 
 def test_smolvla_without_local_weights_is_refused(recipe):
-    from pipeline.config import RecipeError, parse_recipe
+    from pipeline.common.recipe import RecipeError, parse_recipe
 
     with pytest.raises(RecipeError, match="smolvla fine-tunes pretrained weights"):
         parse_recipe({"bc": {"policy": "smolvla"}})
@@ -130,7 +130,7 @@ def test_batched_bc_matches_lerobot_select_action_per_env(trained):
     import numpy as np
     import torch
 
-    from pipeline.bc_eval import LerobotPolicy
+    from pipeline.bc.evaluate import LerobotPolicy
     from pipeline.rl.base_policy import BatchedBC
 
     checkpoint = trained[0] / "pretrained_model"

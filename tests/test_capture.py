@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.capture import Capture, CaptureError, build_scene_capture
+from pipeline.capture.stage import Capture, CaptureError, build_scene_capture
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`pipeline.capture_sfm`: COLMAP posing + ChArUco alignment, on a synthetic capture with known cameras.
+"""`pipeline.capture.sfm`: COLMAP posing + ChArUco alignment, on a synthetic capture with known cameras.
 
 A small numpy ray caster renders a ChArUco board lying face up on a textured table (placed per a `BoardConfig` with a
 non-trivial origin and yaw) and two textured boxes (so the scene is not one plane), seen from cameras at known poses.
@@ -23,9 +23,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial.transform import Rotation
 
-from pipeline.capture import Capture, CaptureError, look_at_camera_to_world
-from pipeline.capture_sfm import _BoardView, _fit_board_from_world, pose_with_colmap
-from pipeline.config import BoardConfig, CaptureConfig
+from pipeline.capture.stage import Capture, CaptureError, look_at_camera_to_world
+from pipeline.capture.sfm import _BoardView, _fit_board_from_world, pose_with_colmap
+from pipeline.common.recipe import BoardConfig, CaptureConfig
 
 WIDTH, HEIGHT, FOCAL = 480, 360, 400.0  # small: SIFT + matching + mapping dominate the test time
 K_TRUE = np.array([[FOCAL, 0, WIDTH / 2], [0, FOCAL, HEIGHT / 2], [0, 0, 1]])  # pixel centres at +0.5 (COLMAP)
@@ -282,7 +282,7 @@ def test_board_fit_rejects_a_misdetected_view_and_recovers_the_similarity():
 def test_importing_pycolmap_first_does_not_break_png_writing(tmp_path):
     """pycolmap 4.2 exports a static zlib: a process that loads it before libz.so.1 aborts on Pillow's next PNG write.
     Importing this module (what the pipeline does, before Pillow is loaded) must leave the process safe."""
-    script = ("import pipeline.capture_sfm, pycolmap\nfrom PIL import Image\nimport numpy as np\n"
+    script = ("import pipeline.capture.sfm, pycolmap\nfrom PIL import Image\nimport numpy as np\n"
               f"for i in range(10): Image.fromarray(np.random.default_rng(i).integers(0, 255, (240, 320, 3), "
               f"dtype=np.uint8)).save({str(tmp_path / 'x.png')!r})\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ def _twinloop(*args, cwd=ROOT):
 def test_check_recipe_prints_section_hashes():
     proc = _twinloop("check-recipe")
     assert proc.returncode == 0, proc.stderr
-    from pipeline.config import Recipe
+    from pipeline.common.recipe import Recipe
 
     hashes = json.loads(proc.stdout)
     assert set(hashes) == set(Recipe.model_fields) and {"workcell", "expert", "demos"} <= set(hashes)
@@ -65,8 +65,8 @@ def test_real_robot_needs_a_port():
 
 
 def test_failed_workcell_build_keeps_the_previous_one(tmp_path, monkeypatch, recipe):
-    import pipeline.sim.build as build
-    from pipeline.workcell import build_sim_workcell
+    import pipeline.workcell.build as build
+    from pipeline.workcell.stage import build_sim_workcell
 
     out = tmp_path / "workcell"
     out.mkdir()

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from pipeline.config import Recipe, RecipeError, load_recipe, parse_recipe
+from pipeline.common.recipe import Recipe, RecipeError, load_recipe, parse_recipe
 from tests_helpers import ROOT
 
 

@@ -5,7 +5,7 @@ from tests_helpers import ROOT
 
 
 def test_definitions_load_with_assets_checks_and_resources():
-    from pipeline.definitions import defs
+    from assets.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "sim_workcell" in keys
@@ -15,7 +15,7 @@ def test_definitions_load_with_assets_checks_and_resources():
 
 
 def test_loading_definitions_imports_no_torch_or_simulator():
-    code = "import sys, pipeline.definitions; print(sorted(m for m in ('torch','mujoco','newton','warp') if m in sys.modules))"
+    code = "import sys, assets.definitions; print(sorted(m for m in ('torch','mujoco','newton','warp') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -33,7 +33,7 @@ def test_every_asset_is_a_dvc_stage_and_a_cli_stage():
     import yaml
 
     from pipeline.cli import STAGE_DIRS
-    from pipeline.definitions import defs
+    from assets.definitions import defs
 
     assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.demo_checks import CHECK_SPECS, DemoData, failures, run_checks
+from pipeline.demos.checks import CHECK_SPECS, DemoData, failures, run_checks
 from tests_helpers import ROOT
 
 REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
@@ -112,7 +112,7 @@ def test_idle_episode_is_a_warning_not_a_block(copy_of, small_recipe):
 
 
 def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_recipe, tmp_path):
-    from pipeline.inbox import BatchRejected, ingest_batch, pending_batches
+    from pipeline.demos.inbox import BatchRejected, ingest_batch, pending_batches
 
     demos_root = tmp_path / "demos"
     shutil.copytree(recorded, demos_root)
@@ -139,7 +139,7 @@ def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_rec
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from pipeline.demos import DEMOS_REPO_ID
+    from pipeline.demos.stage import DEMOS_REPO_ID
 
     batch_last = LeRobotDataset(DEMOS_REPO_ID, root=inbox / "good")[-1]
     LeRobotDataset(DEMOS_REPO_ID, root=demos_root)[0]  # this process now holds the old videos open (lerobot's cache)
@@ -155,7 +155,7 @@ def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_rec
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared real SO-101 recording absent")
 def test_real_recording_missing_videos_refused_then_accepted_state_only(small_recipe, tmp_path):
-    from pipeline.demos import DemoInputError, build_demos
+    from pipeline.demos.stage import DemoInputError, build_demos
 
     local = small_recipe.demos.model_copy(update={"source": "local", "local_path": str(REAL)})
     with pytest.raises(DemoInputError, match=r"observation\.images\.front.*observation\.images\.top"):
@@ -171,7 +171,7 @@ def test_real_recording_missing_videos_refused_then_accepted_state_only(small_re
 
 
 def test_hub_source_offline_is_a_clear_error(small_recipe, tmp_path, monkeypatch):
-    from pipeline.demos import DemoInputError, build_demos
+    from pipeline.demos.stage import DemoInputError, build_demos
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = small_recipe.demos.model_copy(update={"source": "hub", "repo_id": "someone/so101_pick"})

@@ -20,7 +20,7 @@ K8S_DIR = ROOT / "resources" / "k8s"
 
 def _load_definitions(profile: str, tmp_path: Path) -> dict:
     """The code location loaded in a fresh interpreter with TWINLOOP_DEPLOYMENT=profile."""
-    script = ("import json; from pipeline.definitions import defs; "
+    script = ("import json; from assets.definitions import defs; "
               "print(json.dumps({'executor': getattr(defs.executor, 'name', None), "
               "'resources': {k: type(v).__name__ for k, v in defs.resources.items()}, "
               "'dvc_remote': getattr(defs.resources['dvc'].remote_url, 'env_var_name', defs.resources['dvc'].remote_url), 'root': defs.resources['paths'].root}))")
@@ -35,7 +35,7 @@ def _load_definitions(profile: str, tmp_path: Path) -> dict:
 def test_definitions_validate_in_both_profiles(profile, tmp_path):
     env = {**os.environ, "TWINLOOP_DEPLOYMENT": profile, "DAGSTER_HOME": str(tmp_path)}
     out = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m",
-                          "pipeline.definitions"], cwd=ROOT, env=env, capture_output=True, text=True)
+                          "assets.definitions"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "passed validation" in out.stdout + out.stderr, out.stderr[-3000:]
     loaded = _load_definitions(profile, tmp_path)
     assert set(loaded["resources"]) == {"paths", "dvc", "compute", "robot", "pipes_subprocess"}
@@ -130,7 +130,7 @@ def test_k8s_instance_config_matches_dagsters_schemas():
     assert config["concurrency"]["pools"]["default_limit"] >= 1
     values = yaml.safe_load((K8S_DIR / "values.yaml").read_text())
     [deployment] = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"][:2] == ["-m", "pipeline.definitions"]
+    assert deployment["dagsterApiGrpcArgs"][:2] == ["-m", "assets.definitions"]
     assert {"name": "TWINLOOP_DEPLOYMENT", "value": "k8s"} in deployment["env"]
 
 
@@ -194,9 +194,9 @@ def test_multi_gpu_recipes_refused_without_the_gpus(tmp_path):
     """bc.gpus / rl.gpus > 1 on a machine without that many CUDA devices: a clear error before any work starts."""
     import torch
 
-    from pipeline.bc import BcRun, launch_data_parallel
-    from pipeline.rl.task import RlError
-    from pipeline.rl.train import launch_distributed
+    from pipeline.bc.stage import BcRun, launch_data_parallel
+    from pipeline.rl.env_cfg import RlError
+    from pipeline.rl.stage import launch_distributed
 
     have = torch.cuda.device_count()
     run = BcRun(recipe={}, demos_root="", workcell_xml="", work_dir=str(tmp_path), out_dir=str(tmp_path / "out"),

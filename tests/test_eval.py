@@ -13,7 +13,7 @@ from tests_helpers import ROOT
 
 # --- statistics ---------------------------------------------------------------------------------------------------
 def test_wilson_interval_by_hand():
-    from pipeline.stats import wilson_interval
+    from pipeline.common.stats import wilson_interval
 
     k, n, z = 5, 32, 1.959963984540054
     p = k / n
@@ -23,7 +23,7 @@ def test_wilson_interval_by_hand():
 
 
 def test_mcnemar_exact_by_hand():
-    from pipeline.stats import mcnemar_exact, paired_counts
+    from pipeline.common.stats import mcnemar_exact, paired_counts
 
     assert paired_counts([1, 1, 0, 0, 1], [1, 0, 1, 0, 0]) == {"both": 1, "only_first": 2, "only_second": 1,
                                                               "neither": 1}
@@ -33,7 +33,7 @@ def test_mcnemar_exact_by_hand():
 
 
 def test_paired_difference_interval():
-    from pipeline.stats import paired_difference_interval, wilson_interval
+    from pipeline.common.stats import paired_difference_interval, wilson_interval
 
     # Fagerland, Lydersen & Laake's worked example (Bentur et al. 2009): 1 both, 1 first only, 7 second only,
     # 12 neither; computed here step by step from their square-and-add definition.
@@ -80,7 +80,7 @@ def _actor(kind: str, value: float = 0.0):
 
 
 def _rl_dir(path, bc_dir, actor, alpha=5.0, clip=1.0):
-    from pipeline.sim.build import file_md5
+    from pipeline.workcell.build import file_md5
 
     path.mkdir(parents=True, exist_ok=True)
     actor.save(str(path / "residual_actor.pt"))
@@ -185,7 +185,7 @@ def test_twin_outcome_classes_from_simulator_state(twin_robot, recipe):
 @pytest.fixture(scope="module")
 def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
     """A 3-pair twin evaluation of BC vs BC + a constant 0.3 residual, in a project with a one-stage dvc.lock."""
-    from pipeline.eval.run import build_eval_report
+    from pipeline.eval.stage import build_eval_report
 
     tmp = tmp_path_factory.mktemp("eval")
     rl = _rl_dir(tmp / "rl", tiny_bc[0], _actor("constant", 0.3))
@@ -206,7 +206,7 @@ def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
 def test_twin_evaluation_writes_the_report_and_rollouts(twin_report, synthetic_twin, tiny_bc):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from pipeline.eval.run import ROLLOUTS_REPO_ID, EvalError, build_eval_report
+    from pipeline.eval.stage import ROLLOUTS_REPO_ID, EvalError, build_eval_report
 
     out, metrics = twin_report["out"], twin_report["metrics"]
     assert metrics["pairs"] == 3 and metrics["robot"] == "twin"
@@ -393,6 +393,6 @@ def test_real_arm_refuses_without_a_port(tmp_path):
     with pytest.raises(RobotUnavailable, match="port is empty"):
         make_real_robot(RealArmSettings(port=""))
     proc = __import__("subprocess").run(
-        [__import__("sys").executable, "-m", "pipeline.eval.run", "--robot", "so101_follower", "--dry-run"],
+        [__import__("sys").executable, "-m", "pipeline.eval.stage", "--robot", "so101_follower", "--dry-run"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "eval.real.port is empty" in proc.stderr

@@ -1,5 +1,5 @@
-from pipeline.stats import wilson_interval
-from pipeline.workcell import evaluate_expert
+from pipeline.common.stats import wilson_interval
+from pipeline.workcell.stage import evaluate_expert
 
 
 def test_expert_success_rate_over_20_seeds(workcell_xml, recipe):
@@ -19,7 +19,7 @@ def test_expert_actions_are_smooth_and_in_range(workcell, recipe):
     """Demos must not twitch: no arm joint jumps more than 10 so101 units (~10°) between two 30 Hz steps."""
     import numpy as np
 
-    from pipeline.sim.expert import run_expert_episode
+    from pipeline.workcell.expert import run_expert_episode
 
     actions = []
     result = run_expert_episode(workcell, recipe.expert, seed=5, on_step=actions.append)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from isaaclab_so101.constants import JOINT_LIMITS_DEG
 
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, lerobot_to_sim, sim_to_lerobot
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, lerobot_to_sim, sim_to_lerobot
 from tests_helpers import ROOT
 
 REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"

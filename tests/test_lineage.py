@@ -43,7 +43,7 @@ def project(tmp_path):
 
 
 def test_lineage_prints_and_verifies_the_chain(project):
-    from pipeline.lineage import trace
+    from pipeline.common.lineage import trace
 
     lineage = trace(project, "models/model/weights.bin")
     assert lineage.ok, lineage.problems
@@ -72,7 +72,7 @@ def test_one_tampered_byte_is_named_and_fails(project):
 
 
 def test_a_stage_built_from_a_replaced_upstream_is_a_broken_link(project):
-    from pipeline.lineage import trace
+    from pipeline.common.lineage import trace
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["raw"]["episodes"] = 5
@@ -91,7 +91,7 @@ def test_materialize_is_a_no_op_when_nothing_changed(project):
 
 
 def test_retraining_is_due_only_when_the_demos_changed(tmp_path):
-    from pipeline.lineage import demos_changed_since_training
+    from pipeline.common.lineage import demos_changed_since_training
 
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "demos": {"cmd": "x", "outs": ["data/demos"]},

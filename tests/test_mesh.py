@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import MeshConfig, Recipe
+from pipeline.common.recipe import MeshConfig, Recipe
 from pipeline.splat.rasterize import rasterize_torch, render_surface_depth
 
 TABLE_Z, CUBE = 0.05, 0.03
@@ -57,7 +57,7 @@ def _write_scene(root, splat: dict[str, torch.Tensor], views: int = 24, width: i
     """A capture (orbit cameras, photos rendered from the splat) and the splat PLY, as the stage reads them."""
     from PIL import Image
 
-    from pipeline.capture import orbit_viewpoints, pinhole_K, write_transforms
+    from pipeline.capture.stage import orbit_viewpoints, pinhole_K, write_transforms
     from pipeline.splat.gaussians import save_ply
 
     cfg = Recipe().capture.model_copy(update={"views": views, "look_at": (0.2, 0.0, 0.07),
@@ -89,7 +89,7 @@ def _recipe(**mesh) -> Recipe:
 
 
 def _build(tmp_path, splat, size=(160, 120), **mesh):
-    from pipeline.mesh.build import build_collision_mesh
+    from pipeline.mesh.stage import build_collision_mesh
 
     capture, splat_dir = _write_scene(tmp_path, splat, width=size[0], height=size[1])
     return build_collision_mesh(_recipe(**mesh), capture, splat_dir, tmp_path / "no_workcell.xml",
@@ -99,7 +99,7 @@ def _build(tmp_path, splat, size=(160, 120), **mesh):
 def test_synthetic_scene_recovers_plane_height_and_cube_size(tmp_path):
     import trimesh
 
-    from pipeline.mesh.build import check_hulls
+    from pipeline.mesh.stage import check_hulls
 
     # 320x240 views and a 2-voxel truncation: TSDF truncation widens edges seen at a grazing angle by up to about
     # its width, the default capture's pixels are ~6 mm at 0.7 m

@@ -9,7 +9,7 @@ def test_newton_model_of_the_workcell_settles_in_every_world(recipe):
     import newton
     import warp as wp
 
-    from pipeline.sim.build import build_newton_model
+    from pipeline.workcell.build import build_newton_model
 
     cfg = recipe.workcell
     model = build_newton_model(cfg, device="cpu", worlds=2)

@@ -17,7 +17,7 @@ from tests_helpers import ROOT
 @pytest.fixture(scope="module")
 def env(recipe, synthetic_twin, tiny_bc):
     from pipeline.rl.env import TwinPickPlaceEnv
-    from pipeline.rl.task import make_env_cfg
+    from pipeline.rl.env_cfg import make_env_cfg
 
     small = recipe.model_copy(update={"rl": recipe.rl.model_copy(update={"episode_seconds": 0.5})})
     cfg = make_env_cfg(small, synthetic_twin["path"], tiny_bc[0] / "pretrained_model", num_envs=3,
@@ -30,8 +30,8 @@ def env(recipe, synthetic_twin, tiny_bc):
 def test_env_resets_steps_and_a_zero_residual_is_exactly_bc(env, tiny_bc):
     import torch
 
-    from pipeline.bc_eval import LerobotPolicy
-    from pipeline.sim.joints import lerobot_to_sim
+    from pipeline.bc.evaluate import LerobotPolicy
+    from pipeline.workcell.joints import lerobot_to_sim
 
     obs, _ = env.reset()
     assert obs["policy"].shape == (3, 18) and obs["critic"].shape == (3, 35)
@@ -82,7 +82,7 @@ def test_training_writes_a_checkpoint_exports_the_actor_and_resumes(tmp_path, sy
                         save_every=1)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(recipe))
-    command = [sys.executable, "-m", "pipeline.rl.train", "--params", str(params),
+    command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(params),
                "--twin", str(synthetic_twin["path"].parent), "--bc", str(tiny_bc[0]),
                "--out", str(tmp_path / "rl"), "--runs", str(tmp_path / "runs")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)

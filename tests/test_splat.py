@@ -173,7 +173,7 @@ def test_inria_ply_round_trip_and_opens_elsewhere(tmp_path):
     for key, value in params.items():
         assert torch.equal(back[key], value), key
     # f_rest is channel-major (INRIA's layout): f_rest_0..14 are the red channel's 15 coefficients
-    from pipeline.ply import read_ply
+    from pipeline.common.ply import read_ply
 
     raw = read_ply(path)
     assert np.allclose(raw["f_rest_1"], params["shN"][:, 1, 0].numpy())
@@ -185,7 +185,7 @@ def test_inria_ply_round_trip_and_opens_elsewhere(tmp_path):
 
 
 def test_ply_reader_refuses_what_is_not_a_splat(tmp_path):
-    from pipeline.ply import PlyError, write_ply
+    from pipeline.common.ply import PlyError, write_ply
     from pipeline.splat.gaussians import load_ply
 
     points = write_ply(tmp_path / "points.ply", {"x": np.zeros(3, np.float32), "y": np.zeros(3, np.float32),
@@ -202,7 +202,7 @@ def test_ply_reader_refuses_what_is_not_a_splat(tmp_path):
 
 
 def test_ascii_ply_reads(tmp_path):
-    from pipeline.ply import read_ply
+    from pipeline.common.ply import read_ply
 
     path = tmp_path / "a.ply"
     path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty uchar red\nend_header\n"
@@ -231,7 +231,7 @@ def tiny_recipe(recipe):
 
 @pytest.fixture(scope="module")
 def tiny_capture(tiny_recipe, workcell_xml, tmp_path_factory):
-    from pipeline.capture import build_scene_capture
+    from pipeline.capture.stage import build_scene_capture
 
     out = tmp_path_factory.mktemp("capture") / "capture"
     build_scene_capture(tiny_recipe, out, workcell_xml=workcell_xml, progress=False)
@@ -239,7 +239,7 @@ def tiny_capture(tiny_recipe, workcell_xml, tmp_path_factory):
 
 
 def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_recipe, tiny_capture, tmp_path):
-    from pipeline.splat.train import build_gaussian_splat
+    from pipeline.splat.stage import build_gaussian_splat
 
     metrics = build_gaussian_splat(tiny_recipe, tiny_capture, tmp_path / "splat", tmp_path / "runs",
                                    device="cpu", progress=False, log=lambda *_: None)
@@ -289,8 +289,8 @@ def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_re
 
 
 def test_splat_stage_refuses_bad_input_clearly(tiny_recipe, tiny_capture, tmp_path):
-    from pipeline.capture import CaptureError
-    from pipeline.splat.train import SplatError, build_gaussian_splat
+    from pipeline.capture.stage import CaptureError
+    from pipeline.splat.stage import SplatError, build_gaussian_splat
 
     with pytest.raises(CaptureError, match="no transforms.json"):
         build_gaussian_splat(tiny_recipe, tmp_path / "nothing", tmp_path / "out", tmp_path / "runs", device="cpu")
@@ -300,7 +300,7 @@ def test_splat_stage_refuses_bad_input_clearly(tiny_recipe, tiny_capture, tmp_pa
             build_gaussian_splat(gs, tiny_capture, tmp_path / "out", tmp_path / "runs")
     missing = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(
         update={"source": "ply", "ply_path": str(tmp_path / "absent.ply")})})
-    from pipeline.ply import PlyError
+    from pipeline.common.ply import PlyError
 
     with pytest.raises(PlyError, match="no PLY file"):
         build_gaussian_splat(missing, tiny_capture, tmp_path / "out", tmp_path / "runs", device="cpu")
@@ -332,7 +332,7 @@ def synthetic_capture(recipe, tmp_path_factory):
     from 16 orbit viewpoints, with noisy copies of their centres as the point cloud."""
     from PIL import Image
 
-    from pipeline.capture import orbit_viewpoints, pinhole_K, write_point_cloud, write_transforms
+    from pipeline.capture.stage import orbit_viewpoints, pinhole_K, write_point_cloud, write_transforms
 
     cfg = recipe.capture.model_copy(update={"views": 16, "width": 64, "height": 48})
     gen = torch.Generator().manual_seed(0)
@@ -358,7 +358,7 @@ def synthetic_capture(recipe, tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's rasterizer needs CUDA")
 def test_gsplat_training_on_cuda_learns_and_resumes(tiny_recipe, synthetic_capture, tmp_path):
-    from pipeline.splat.train import build_gaussian_splat
+    from pipeline.splat.stage import build_gaussian_splat
 
     cfg = tiny_recipe.splat.model_copy(update={"iterations": 200, "holdout_every": 4, "checkpoint_every_s": 0,
                                                "log_every": 50})
@@ -381,7 +381,7 @@ def test_gsplat_training_on_cuda_learns_and_resumes(tiny_recipe, synthetic_captu
 
 def test_synthetic_capture_trains_on_cpu(tiny_recipe, synthetic_capture, tmp_path):
     """The MuJoCo-free capture behind the GPU test above, checked where CI runs: it loads and trains."""
-    from pipeline.splat.train import build_gaussian_splat
+    from pipeline.splat.stage import build_gaussian_splat
 
     recipe = tiny_recipe.model_copy(update={"splat": tiny_recipe.splat.model_copy(
         update={"iterations": 40, "holdout_every": 4})})

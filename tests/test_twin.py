@@ -20,7 +20,7 @@ def test_twin_stage_round_trips(twin_inputs, synthetic_twin, recipe):
     from pxr import Usd, UsdGeom, UsdPhysics, UsdShade, UsdVol
 
     from pipeline.twin.author import camera_intrinsics
-    from pipeline.twin.build import stage_summary, validation_errors
+    from pipeline.twin.stage import stage_summary, validation_errors
 
     path = synthetic_twin["path"]
     stage = Usd.Stage.Open(str(path))
@@ -97,7 +97,7 @@ def test_object_inside_the_table_fails_the_settle_check(synthetic_twin, recipe, 
 
 
 def test_unknown_dynamic_object_is_a_clear_error(twin_inputs, recipe, tmp_path):
-    from pipeline.sim.build import official_robot_usd
+    from pipeline.workcell.build import official_robot_usd
     from pipeline.twin.author import TwinError, author_twin, split_splat
 
     bad = recipe.model_copy(update={"twin": recipe.twin.model_copy(update={"dynamic_objects": ("mug",)})})

@@ -88,12 +88,12 @@ def test_ui_shows_every_asset_and_materializes_demos(tmp_path, workcell_xml):
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             # the graph of every asset group (the global view starts with groups collapsed)
-            from pipeline.definitions import defs
+            from assets.definitions import defs
 
             assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == \
                 {a for names in GROUPS.values() for a in names}
             for group, names in GROUPS.items():
-                page.goto(f"http://127.0.0.1:{port}/locations/pipeline.definitions/asset-groups/{group}",
+                page.goto(f"http://127.0.0.1:{port}/locations/assets.definitions/asset-groups/{group}",
                           wait_until="networkidle", timeout=120_000)
                 _dismiss_dialogs(page)
                 for name in names:

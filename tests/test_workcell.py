@@ -5,8 +5,8 @@ import numpy as np
 from isaaclab_so101.constants import JOINT_LIMITS_DEG
 from pxr import Usd, UsdPhysics
 
-from pipeline.sim.build import official_robot_usd
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS
+from pipeline.workcell.build import official_robot_usd
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS
 
 
 def test_compiled_model_is_the_official_robot(workcell_xml):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.eval.robots import OUTCOMES, Condition, placed_pose
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES
-from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
+from pipeline.workcell.cell import ENVIRONMENT_STATE_NAMES
 
 
 @dataclass

@@ -32,7 +32,7 @@ class BCPolicy:
     label = "BC alone"
 
     def __init__(self, checkpoint: Path, device: str = "cpu", task: str = ""):
-        from pipeline.bc_eval import LerobotPolicy
+        from pipeline.bc.evaluate import LerobotPolicy
 
         if not (Path(checkpoint) / "config.json").is_file():
             raise PolicyError(f"no lerobot checkpoint at {checkpoint}: materialize `bc_policy` first")
@@ -59,7 +59,7 @@ class ResidualPolicy:
     def __init__(self, rl_dir: Path, bc_checkpoint: Path, device: str = "cpu", task: str = ""):
         import torch
 
-        from pipeline.sim.build import file_md5
+        from pipeline.workcell.build import file_md5
 
         rl_dir = Path(rl_dir)
         manifest_path = rl_dir / "policy_manifest.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.eval.robots import OUTCOMES
-from pipeline.stats import mcnemar_exact, paired_counts, paired_difference_interval, wilson_interval
+from pipeline.common.stats import mcnemar_exact, paired_counts, paired_difference_interval, wilson_interval
 
 LABELS = {"bc": "BC alone", "bc_residual": "BC + residual"}
 
@@ -56,11 +56,11 @@ def summarize(rollouts: list, fps: int) -> dict:
 # --- lineage ------------------------------------------------------------------------------------------------------
 def lineage(root: Path, used_files: dict[str, Path]) -> dict:
     """What produced this report: code commit, every upstream stage's output md5 as dvc.lock records it (when it
-    was written, the git commit that recorded it; `pipeline.lineage`, which `twinloop lineage` verifies), the
+    was written, the git commit that recorded it; `pipeline.common.lineage`, which `twinloop lineage` verifies), the
     dataset's episodes, the recipe's section hashes, and the md5 of each file the evaluation loaded."""
-    from pipeline.config import load_recipe
-    from pipeline.lineage import LineageError, code_commit, trace
-    from pipeline.sim.build import file_md5
+    from pipeline.common.recipe import load_recipe
+    from pipeline.common.lineage import LineageError, code_commit, trace
+    from pipeline.workcell.build import file_md5
 
     root = Path(root)
     out = {"code_commit": code_commit(root), "artifacts": [], "files": {k: {"path": str(v), "md5": file_md5(v)} for k, v in used_files.items()}}

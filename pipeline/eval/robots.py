@@ -21,8 +21,8 @@ import numpy as np
 from lerobot.robots.config import RobotConfig
 from lerobot.robots.robot import Robot
 
-from pipeline.sim.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO, lerobot_to_sim, sim_to_lerobot
-from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO, lerobot_to_sim, sim_to_lerobot
+from pipeline.workcell.cell import ENVIRONMENT_STATE_NAMES
 
 #: Failure taxonomy shared by simulator signals and operator keys (key in brackets).
 OUTCOMES = {"success": "s", "no_grasp": "g", "dropped": "d", "misplaced": "m", "timeout": "t"}
@@ -121,8 +121,8 @@ class TwinRobot(Robot):
         import mujoco
         from isaaclab_so101.constants import HOME_JOINT_POS, TCP_OFFSET
 
-        from pipeline.rl.task import bin_geometry
-        from pipeline.sim.joints import SIM_JOINTS
+        from pipeline.rl.env_cfg import bin_geometry
+        from pipeline.workcell.joints import SIM_JOINTS
         from pipeline.twin.physics import load_twin, make_solver
         from pipeline.twin.replay import _free_joint_qpos, _servo_indices
 

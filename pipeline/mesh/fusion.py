@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.capture import Capture
-from pipeline.config import MeshConfig
+from pipeline.capture.stage import Capture
+from pipeline.common.recipe import MeshConfig
 from pipeline.splat.rasterize import render_surface_depth
 
 
@@ -106,8 +106,8 @@ def robot_surface_points(workcell_xml: Path, joint_positions_rad, spacing_m: flo
     import mujoco
     import trimesh
 
-    from pipeline.sim.build import ROBOT_BODIES
-    from pipeline.sim.joints import SIM_JOINTS
+    from pipeline.workcell.build import ROBOT_BODIES
+    from pipeline.workcell.joints import SIM_JOINTS
 
     model = mujoco.MjModel.from_xml_path(str(workcell_xml))
     data = mujoco.MjData(model)

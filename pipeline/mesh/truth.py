@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.capture import Capture
-from pipeline.config import MeshConfig
+from pipeline.capture.stage import Capture
+from pipeline.common.recipe import MeshConfig
 from pipeline.mesh.fusion import in_workspace, near
 
 #: world-body geoms of the workcell that are not task objects
@@ -58,7 +58,7 @@ def ground_truth_objects(workcell_xml: Path, scene_state: dict) -> list[dict]:
     their world bounding boxes."""
     import mujoco
 
-    from pipeline.sim.build import ROBOT_BODIES
+    from pipeline.workcell.build import ROBOT_BODIES
 
     model = mujoco.MjModel.from_xml_path(str(workcell_xml))
     data = mujoco.MjData(model)

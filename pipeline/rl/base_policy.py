@@ -15,7 +15,7 @@ import torch
 
 class BatchedBC:
     def __init__(self, checkpoint: Path, num_envs: int, device: str = "cpu", task: str = ""):
-        from pipeline.bc_eval import LerobotPolicy
+        from pipeline.bc.evaluate import LerobotPolicy
 
         self.bc = LerobotPolicy(Path(checkpoint), device)
         cfg = self.bc.policy.config

@@ -19,7 +19,7 @@ import torch
 from isaaclab.envs import DirectRLEnv, DirectRLEnvCfg
 from isaaclab.utils import configclass
 
-from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, LEROBOT_HI, LEROBOT_LO
+from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, LEROBOT_HI, LEROBOT_LO
 
 TASK_ID = "Twinloop-TwinPickPlace-Residual-v0"
 ACTOR_OBS = 18  # joints 6 + BC action 6 + previous residual 6
@@ -257,5 +257,5 @@ def register() -> None:
     if TASK_ID not in gym.registry:
         gym.register(id=TASK_ID, entry_point=f"{__name__}:TwinPickPlaceEnv", disable_env_checker=True,
                      kwargs={"env_cfg_entry_point": f"{__name__}:TwinPickPlaceEnvCfg",
-                             "rsl_rl_cfg_entry_point": "pipeline.rl.agent:ResidualPPORunnerCfg"})
+                             "rsl_rl_cfg_entry_point": "pipeline.rl.agent_cfg:ResidualPPORunnerCfg"})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.ply import PlyError, read_ply, write_ply
+from pipeline.common.ply import PlyError, read_ply, write_ply
 
 SH_C0 = 0.28209479177387814
 

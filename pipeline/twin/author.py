@@ -30,8 +30,8 @@ import newton_usd_schemas  # noqa: F401  registers Newton's USD schemas; must pr
 import numpy as np
 import torch
 
-from pipeline.config import Recipe
-from pipeline.sim.joints import SIM_JOINTS
+from pipeline.common.recipe import Recipe
+from pipeline.workcell.joints import SIM_JOINTS
 
 TWIN_USD = "twin.usd"
 ROBOT_USD = "robot/so101.usd"  # the official USD, copied so the twin folder is self-contained
@@ -270,7 +270,7 @@ def _robot(stage, recipe: Recipe) -> None:
     from isaaclab_so101.constants import HOME_JOINT_POS
     from pxr import Sdf, Usd, UsdGeom, UsdPhysics
 
-    from pipeline.sim.build import add_robot_colliders
+    from pipeline.workcell.build import add_robot_colliders
 
     cell = recipe.workcell
     robot = UsdGeom.Xform.Define(stage, ROBOT_PATH)
@@ -421,7 +421,7 @@ def camera_intrinsics(camera_prim) -> tuple[np.ndarray, int, int]:
 def _cameras(stage, recipe: Recipe, capture) -> None:
     from pxr import Gf, UsdGeom
 
-    from pipeline.capture import look_at_camera_to_world, pinhole_K
+    from pipeline.capture.stage import look_at_camera_to_world, pinhole_K
 
     cams = recipe.workcell.cameras
     front_K = pinhole_K(cams.width, cams.height, cams.front.fovy_deg)

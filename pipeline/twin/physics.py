@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sim.joints import SIM_JOINTS
+from pipeline.workcell.joints import SIM_JOINTS
 
 ROBOT_LINKS = ("base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "jaw")
 

@@ -5,7 +5,7 @@ Each episode starts from its first recorded state; each action is held for one f
 steps); the twin's joints after action t are compared with the recorded `observation.state` at t+1 (lerobot records
 the state, then sends the action). Nothing closes the loop, so errors accumulate where the dynamics differ: that is
 what the number measures. Joint values are converted with Twinloop's one lerobot<->radian mapping
-(`pipeline.sim.joints`); for a real arm the error therefore also holds its calibration's departure from it.
+(`pipeline.workcell.joints`); for a real arm the error therefore also holds its calibration's departure from it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
+from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
 
 
 @dataclass
@@ -34,7 +34,7 @@ def replay_dataset(twin, root: Path, max_episodes: int = 0, progress=None) -> li
     skips Newton's per-step state copies (5 ms a step on CPU through `solver.step`, ~0.1 ms native)."""
     import mujoco
 
-    from pipeline.demo_checks import DemoData
+    from pipeline.demos.checks import DemoData
     from pipeline.twin.physics import make_solver
 
     data = DemoData.load(root)

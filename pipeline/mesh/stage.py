@@ -25,16 +25,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.artifacts import replace_dir, staging_dir
-from pipeline.capture import Capture
-from pipeline.config import MeshConfig, Recipe
+from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.capture.stage import Capture
+from pipeline.common.recipe import MeshConfig, Recipe
 from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
                                   render_depths, robot_surface_points)
 from pipeline.mesh.segment import cluster_objects, fit_support_plane, height_field_solid, support_box
 from pipeline.mesh.truth import chamfer_mm, ground_truth_objects, load_scene_state, reference_points
-from pipeline.ply import PlyError
+from pipeline.common.ply import PlyError
 from pipeline.splat.gaussians import load_ply
-from pipeline.splat.train import capture_md5
+from pipeline.splat.stage import capture_md5
 
 SUPPORT_NAME = "table"
 
@@ -279,7 +279,7 @@ def _to_trimesh(mesh):
 
 
 def _file_md5(path: Path) -> str:
-    from pipeline.sim.build import file_md5
+    from pipeline.workcell.build import file_md5
 
     return file_md5(path)
 

@@ -1,8 +1,8 @@
 """Stage `eval_report`: run BC alone and BC + residual on the same initial conditions and write the report.
 
-    python -m pipeline.eval.run                          # the twin (sim proxy), as the Dagster asset does
-    python -m pipeline.eval.run --robot so101_follower   # a real arm: the operator places cubes and labels outcomes
-    python -m pipeline.eval.run --robot so101_follower --dry-run   # connect, read, move nothing
+    python -m pipeline.eval.stage                          # the twin (sim proxy), as the Dagster asset does
+    python -m pipeline.eval.stage --robot so101_follower   # a real arm: the operator places cubes and labels outcomes
+    python -m pipeline.eval.stage --robot so101_follower --dry-run   # connect, read, move nothing
 
 Paired protocol: condition k (seed eval.seed + k) runs both policies, BC first on even k and BC + residual first on
 odd k, so drift (battery, lighting, wear) does not favour either. Every rollout is recorded as a LeRobot dataset.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.common.recipe import Recipe, load_recipe
 from pipeline.eval.policies import BCPolicy, PolicyError, ResidualPolicy
 from pipeline.eval.robots import Condition, RobotUnavailable, draw_condition
 
@@ -71,8 +71,8 @@ def record_rollouts(rollouts: list, out_dir: Path, fps: int, task: str, robot_ty
     """All rollouts as one LeRobot v3 dataset (episode i = rollout i) + rollouts.csv; returns the frame count."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from pipeline.sim.joints import LEROBOT_JOINT_NAMES
-    from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+    from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
+    from pipeline.workcell.cell import ENVIRONMENT_STATE_NAMES
 
     joints = {"dtype": "float32", "shape": (6,), "names": list(LEROBOT_JOINT_NAMES)}
     features = {"observation.state": dict(joints), "action": dict(joints),
@@ -131,7 +131,7 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
     """The twin evaluation (or a real one with `robot_kind="so101_follower"`), recorded and reported."""
     from tqdm import tqdm
 
-    from pipeline.artifacts import replace_dir, staging_dir
+    from pipeline.common.artifacts import replace_dir, staging_dir
     from pipeline.eval import report
 
     cfg = recipe.eval
@@ -194,7 +194,7 @@ def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progres
     outcome with one key; torque is released on any exit (lerobot's disconnect), Ctrl-C included."""
     from pipeline.eval.loop import OperatorKeys
     from pipeline.eval.robots import real_robot_from_recipe
-    from pipeline.rl.task import bin_geometry
+    from pipeline.rl.env_cfg import bin_geometry
 
     cfg = recipe.eval
     robot = real_robot_from_recipe(recipe)
@@ -220,7 +220,7 @@ def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progres
 def dry_run(recipe: Recipe, seconds: float = 3.0, log=print) -> dict:
     """Connect to the real follower, read joints (and cameras) for `seconds`, send nothing, disconnect."""
     from pipeline.eval.robots import real_robot_from_recipe
-    from pipeline.sim.joints import LEROBOT_JOINT_NAMES
+    from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
 
     robot = real_robot_from_recipe(recipe)
     robot.connect()
@@ -241,7 +241,7 @@ def dry_run(recipe: Recipe, seconds: float = 3.0, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.eval.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.eval.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--root", default=".")
     parser.add_argument("--twin", default="models/twin")

@@ -1,15 +1,15 @@
 """Stage `bc_policy`: behaviour cloning with lerobot's own trainer, resumable, then measured.
 
 The orchestrating process (the Dagster asset, or `twinloop run bc_policy`) only plans the run and swaps the result
-into place; the work runs in a child process (`python -m pipeline.bc SPEC`) so the orchestrator never imports
+into place; the work runs in a child process (`python -m pipeline.bc.stage SPEC`) so the orchestrator never imports
 torch or touches CUDA, and stopping the child stops training. The child:
 
   1. reduces the demos to the features the policy observes (lerobot's `remove_feature`) when they hold more;
   2. runs lerobot's `lerobot-train` entry point in-process with arguments built from `params.yaml` `bc`
      (`lerobot_train_args`: the same arguments reproduce the run with the plain `lerobot-train` command); with
      `bc.gpus` = N > 1, lerobot's own multi-GPU path instead: `accelerate launch --multi_gpu --num_processes N`
-     of `python -m pipeline.bc --rank-of SPEC` (lerobot-train in each process, data parallel);
-  3. measures the checkpoint (`pipeline.bc_eval`): held-out per-joint action error, action-magnitude ratio and
+     of `python -m pipeline.bc.stage --rank-of SPEC` (lerobot-train in each process, data parallel);
+  3. measures the checkpoint (`pipeline.bc.evaluate`): held-out per-joint action error, action-magnitude ratio and
      closed-loop success in the sim workcell with a Wilson interval; writes the plots and metrics.json.
 
 Folders:
@@ -36,9 +36,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.artifacts import keep_log_until, remove_other_runs, replace_dir
-from pipeline.config import Recipe
-from pipeline.demos import DEMOS_REPO_ID
+from pipeline.common.artifacts import keep_log_until, remove_other_runs, replace_dir
+from pipeline.common.recipe import Recipe
+from pipeline.demos.stage import DEMOS_REPO_ID
 
 TRAIN_LOG = "train_log.jsonl"
 
@@ -132,7 +132,7 @@ def plan_run(recipe: Recipe, demos_root: Path, workcell_xml: Path, out_dir: Path
 
 def child_command(run: BcRun) -> list[str]:
     """The child process that trains and measures (see the module docstring)."""
-    return [sys.executable, "-m", "pipeline.bc", str(run.spec_path)]
+    return [sys.executable, "-m", "pipeline.bc.stage", str(run.spec_path)]
 
 
 def finish_run(run: BcRun) -> dict:
@@ -272,7 +272,7 @@ def resolve_device(requested: str) -> str:
 
 
 def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
-    from pipeline import bc_eval
+    from pipeline.bc import evaluate as bc_eval
 
     device = resolve_device(run.device)
     log_path = Path(run.work_dir) / TRAIN_LOG
@@ -341,7 +341,7 @@ def launch_data_parallel(run: BcRun, gpus: int, device: str) -> None:
     """lerobot's multi-GPU training: one lerobot-train process per GPU under `accelerate launch --multi_gpu`
     (DDP; each process draws its own shard of every batch, so the effective batch is batch_size x gpus)."""
     launch_on_gpus([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={gpus}",
-                    "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline.bc",
+                    "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline.bc.stage",
                     "--rank-of", str(run.spec_path)], "bc.gpus", gpus, device, RuntimeError)
 
 

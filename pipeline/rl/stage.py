@@ -1,6 +1,6 @@
 """Stage `rl_policy`: train the residual with rsl_rl PPO in the twin, score BC alone vs BC + residual, export.
 
-Runs as its own process (`python -m pipeline.rl.train`): Isaac Lab keeps one simulation per process, and the Dagster
+Runs as its own process (`python -m pipeline.rl.stage`): Isaac Lab keeps one simulation per process, and the Dagster
 asset launches it through Pipes like `bc_policy`. With `rl.gpus` = N > 1 it re-launches itself under `torchrun
 --nproc_per_node N` (Isaac Lab's distributed mode: each rank steps its own `num_envs` envs on `cuda:<rank>` with
 seed + rank, rsl_rl all-reduces the gradients over NCCL; rank 0 checkpoints, evaluates and exports).
@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import Recipe, load_recipe
-from pipeline.rl.task import RlError
+from pipeline.common.recipe import Recipe, load_recipe
+from pipeline.rl.env_cfg import RlError
 
 ACTOR_OBSERVATION = (["joint." + j for j in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex",
                                             "wrist_roll", "gripper")] + ["bc_action." + str(i) for i in range(6)]
@@ -35,7 +35,7 @@ ACTOR_OBSERVATION = (["joint." + j for j in ("shoulder_pan", "shoulder_lift", "e
 
 
 def _md5(path: Path) -> str:
-    from pipeline.sim.build import file_md5
+    from pipeline.workcell.build import file_md5
 
     return file_md5(path)
 
@@ -92,11 +92,11 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     from isaaclab_rl.rsl_rl import RslRlVecEnvWrapper
     from isaaclab_rl.rsl_rl.utils import check_rsl_rl_version, create_rsl_rl_runner, handle_deprecated_rsl_rl_cfg
 
-    from pipeline.artifacts import remove_other_runs, replace_dir, staging_dir
-    from pipeline.rl.agent import make_agent_cfg
+    from pipeline.common.artifacts import remove_other_runs, replace_dir, staging_dir
+    from pipeline.rl.agent_cfg import make_agent_cfg
     from pipeline.rl.env import TwinPickPlaceEnv
-    from pipeline.rl.task import make_env_cfg
-    from pipeline.stats import wilson_interval
+    from pipeline.rl.env_cfg import make_env_cfg
+    from pipeline.common.stats import wilson_interval
 
     cfg = recipe.rl
     if device == "cuda" and not torch.cuda.is_available():
@@ -240,14 +240,14 @@ def _figures(curve: dict, scores: dict, out: Path) -> None:
 
 def launch_distributed(gpus: int, argv: list[str], device: str) -> None:
     """Isaac Lab's multi-GPU training: this stage once per GPU under torchrun (`--standalone`: one machine)."""
-    from pipeline.bc import launch_on_gpus
+    from pipeline.bc.stage import launch_on_gpus
 
     launch_on_gpus([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                    "-m", "pipeline.rl.train", *argv], "rl.gpus", gpus, device, RlError)
+                    "-m", "pipeline.rl.stage", *argv], "rl.gpus", gpus, device, RlError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.rl.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.rl.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--twin", default="models/twin")
     parser.add_argument("--bc", default="models/bc")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
-    from pipeline.bc import Reporter
+    from pipeline.bc.stage import Reporter
 
     if "LOCAL_RANK" in os.environ:  # one rank of a distributed run: plain log lines, rank 0 writes the outputs
         build_rl_policy(load_recipe(args.params), Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),

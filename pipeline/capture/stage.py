@@ -15,7 +15,7 @@ convention: camera x right, y up, looking down -z):
 
 Sources (params `capture.source`): `sim` renders the sim workcell; `posed` copies a folder that already holds
 transforms.json + images; `images` / `video` are posed with COLMAP and aligned with a ChArUco board
-(`pipeline.capture_sfm`).
+(`pipeline.capture.sfm`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import replace_dir, staging_dir
-from pipeline.config import CaptureConfig, Recipe
-from pipeline.ply import read_ply, write_ply
+from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.recipe import CaptureConfig, Recipe
+from pipeline.common.ply import read_ply, write_ply
 
 TRANSFORMS = "transforms.json"
 POINT_CLOUD = "sparse_pc.ply"
@@ -201,7 +201,7 @@ def render_sim_capture(recipe: Recipe, workcell_xml: Path, out: Path, progress: 
     from PIL import Image
     from tqdm import tqdm
 
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.cell import Workcell
 
     cfg = recipe.capture
     workcell = Workcell(workcell_xml, recipe.workcell)
@@ -309,7 +309,7 @@ def build_scene_capture(recipe: Recipe, out_dir: Path, workcell_xml: Path | None
             if cfg.source == "posed":
                 extra = copy_posed_capture(source, staging)
             else:
-                from pipeline.capture_sfm import pose_with_colmap
+                from pipeline.capture.sfm import pose_with_colmap
 
                 staging.mkdir(parents=True)
                 extra = pose_with_colmap(cfg.source, source, cfg, staging, log=log, progress=progress)

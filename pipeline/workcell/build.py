@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from isaaclab_so101.constants import TCP_OFFSET
 
-from pipeline.config import WorkcellConfig
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS
+from pipeline.common.recipe import WorkcellConfig
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS
 
 ROBOT_PREFIX = "_so101_new_calib_"  # Newton mangles USD prim paths into MJCF names
 ROBOT_BODIES = ("base", "shoulder", "upper_arm", "lower_arm", "wrist", "gripper", "jaw")

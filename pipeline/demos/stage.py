@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.artifacts import replace_dir, staging_dir
-from pipeline.config import Recipe
-from pipeline.demo_checks import DemoData
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES
+from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.recipe import Recipe
+from pipeline.demos.checks import DemoData
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
 
 DEMOS_REPO_ID = "twinloop/demos"
 ROBOT_TYPE = "so101_follower"
@@ -34,7 +34,7 @@ class DemoInputError(ValueError):
 
 
 def demo_features(width: int, height: int, cameras=("front", "wrist")) -> dict:
-    from pipeline.sim.workcell import ENVIRONMENT_STATE_NAMES
+    from pipeline.workcell.cell import ENVIRONMENT_STATE_NAMES
 
     joints = {"dtype": "float32", "shape": (6,), "names": list(LEROBOT_JOINT_NAMES)}
     feats = {"observation.state": dict(joints), "action": dict(joints),
@@ -50,8 +50,8 @@ def record_sim_demos(recipe: Recipe, workcell_xml: Path, out_dir: Path, progress
     """Record `demos.episodes` successful expert episodes from the sim workcell into a new dataset at `out_dir`."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from pipeline.sim.expert import ScriptedExpert
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.expert import ScriptedExpert
+    from pipeline.workcell.cell import Workcell
 
     cfg, cams = recipe.demos, recipe.workcell.cameras
     workcell = Workcell(workcell_xml, recipe.workcell)

@@ -167,7 +167,7 @@ class DemosConfig(_Section):
 
 
 class BcConfig(_Section):
-    """Behaviour cloning with lerobot's trainer (`lerobot-train` arguments are built from these; see pipeline.bc)."""
+    """Behaviour cloning with lerobot's trainer (`lerobot-train` arguments are built from these; see pipeline.bc.stage)."""
 
     policy: Literal["act", "diffusion", "smolvla"] = "act"
     pretrained_path: str = ""  # fine-tune a local lerobot checkpoint (smolvla needs its weights here: no Hub access)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.demos import DEMOS_REPO_ID
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES
-from pipeline.stats import wilson_interval
+from pipeline.demos.stage import DEMOS_REPO_ID
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
+from pipeline.common.stats import wilson_interval
 
 SETTLED_STEPS = 15  # the cube must rest in the bin this many control steps (0.5 s at 30 fps) to end an episode early
 
@@ -111,7 +111,7 @@ class Rollout:
 
 def closed_loop(policy: LerobotPolicy, workcell_xml: Path, recipe, seeds: list[int], task: str,
                 progress: bool = True) -> list[Rollout]:
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.cell import Workcell
 
     workcell = Workcell(workcell_xml, recipe.workcell)
     needs_images = any(k.startswith("observation.images.") for k in policy.input_keys)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Recipe
+from pipeline.common.recipe import Recipe
 
 
 class RlError(ValueError):

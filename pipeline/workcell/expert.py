@@ -16,9 +16,9 @@ import numpy as np
 
 from scipy.spatial.transform import Rotation, Slerp
 
-from pipeline.config import ExpertConfig
-from pipeline.sim.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, sim_to_lerobot
-from pipeline.sim.workcell import Workcell
+from pipeline.common.recipe import ExpertConfig
+from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, sim_to_lerobot
+from pipeline.workcell.cell import Workcell
 
 GRIPPER_OPEN = 70.0  # so101_follower gripper units (0 = closed, 100 = open)
 GRIPPER_CLOSED = 0.0

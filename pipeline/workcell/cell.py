@@ -1,6 +1,6 @@
 """The simulated SO-101 workcell at run time: MuJoCo stepping, lerobot-style observations, headless camera images.
 
-Actions and `observation.state` use lerobot's `so101_follower` units (see `pipeline.sim.joints`); the camera
+Actions and `observation.state` use lerobot's `so101_follower` units (see `pipeline.workcell.joints`); the camera
 images are HxWx3 uint8 like a real recording's `observation.images.front` / `observation.images.wrist`.
 Rendering is headless: MUJOCO_GL=egl (Mesa's software EGL on machines without a GPU) or osmesa.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from pipeline.config import WorkcellConfig
-from pipeline.sim.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot
+from pipeline.common.recipe import WorkcellConfig
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot
 
 CAMERAS = ("front", "wrist")
 #: `observation.environment_state`: the cube pose as the simulator knows it (metres, unit quaternion w x y z). A real
@@ -31,7 +31,7 @@ class CubePose:
 
 
 class Workcell:
-    """One SO-101 + table + cube + bin, loaded from a compiled `workcell.xml` (see `pipeline.sim.build`)."""
+    """One SO-101 + table + cube + bin, loaded from a compiled `workcell.xml` (see `pipeline.workcell.build`)."""
 
     def __init__(self, xml_path: str | Path, cfg: WorkcellConfig):
         xml_path = Path(xml_path)

@@ -27,14 +27,14 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.artifacts import replace_dir, staging_dir
-from pipeline.capture import Capture
-from pipeline.config import Recipe
+from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.capture.stage import Capture
+from pipeline.common.recipe import Recipe
 from pipeline.twin.author import TwinError, activated, author_twin, split_splat
 
 
 def _md5(path: Path) -> str:
-    from pipeline.sim.build import file_md5
+    from pipeline.workcell.build import file_md5
 
     return file_md5(path)
 
@@ -57,7 +57,7 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
                    log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Author and check the twin; returns the metrics (also in `out_dir/metrics.json`)."""
     from pipeline.mesh.fusion import robot_surface_points
-    from pipeline.sim.build import official_robot_usd
+    from pipeline.workcell.build import official_robot_usd
     from pipeline.splat.gaussians import load_ply
 
     cfg = recipe.twin

@@ -10,9 +10,9 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.config import Recipe
-from pipeline.demo_checks import DemoData, failures, run_checks
-from pipeline.demos import merge_into
+from pipeline.common.recipe import Recipe
+from pipeline.demos.checks import DemoData, failures, run_checks
+from pipeline.demos.stage import merge_into
 
 RESERVED = ("rejected", "accepted")
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.artifacts import replace_dir, staging_dir
-from pipeline.config import Recipe
-from pipeline.stats import wilson_interval
+from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.recipe import Recipe
+from pipeline.common.stats import wilson_interval
 
 
 def evaluate_expert(xml_path: Path, recipe: Recipe, episodes: int | None = None, progress: bool = True) -> dict:
     """Run the scripted expert on `episodes` seeded cube poses; success = cube resting in the bin."""
-    from pipeline.sim.expert import run_expert_episode
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.expert import run_expert_episode
+    from pipeline.workcell.cell import Workcell
 
     n = episodes or recipe.expert.eval_episodes
     seeds = [recipe.expert.seed * 100_000 + i for i in range(n)]
@@ -48,7 +48,7 @@ def render_preview(xml_path: Path, recipe: Recipe, out_png: Path, seeds=(0, 1, 2
     """One row per seed: `front` | `wrist` at reset, so a person can see what the cameras see."""
     from PIL import Image
 
-    from pipeline.sim.workcell import Workcell
+    from pipeline.workcell.cell import Workcell
 
     workcell = Workcell(xml_path, recipe.workcell)
     rows = []
@@ -65,7 +65,7 @@ def build_sim_workcell(recipe: Recipe, out_dir: Path, log=print) -> dict:
 
     Everything is built in a sibling `.partial` folder that replaces `out_dir` only once complete, so a failed or
     interrupted build leaves the previous workcell intact."""
-    from pipeline.sim.build import compile_workcell
+    from pipeline.workcell.build import compile_workcell
 
     out_dir = Path(out_dir)
     staging = staging_dir(out_dir)

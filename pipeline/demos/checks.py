@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DemoChecksConfig
-from pipeline.sim.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
+from pipeline.common.recipe import DemoChecksConfig
+from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 
 JOINT_FEATURES = ("observation.state", "action")
 #: (name, blocking) of every check `run_checks` performs, in order; the Dagster check specs are built from it.
