@@ -68,7 +68,7 @@ def rl_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
 def rl_policy_is_loadable(paths: ProjectPaths) -> dg.AssetCheckResult:
     import torch
 
-    from pipeline.workcell.build import file_md5
+    from pipeline.common.artifacts import file_md5
 
     out = paths.artifact(RL_DIR)
     manifest = json.loads((out / "policy_manifest.json").read_text())

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.common.artifacts import keep_log_until, remove_other_runs, replace_dir
+from pipeline.common.multi_gpu import launch_on_gpus
 from pipeline.common.recipe import Recipe
 from pipeline.demos.stage import DEMOS_REPO_ID
 
@@ -319,22 +320,6 @@ def run_lerobot_train(args: list[str], log_path: Path, reporter: Reporter | None
         sys.argv = argv
         if tap:
             logging.getLogger().removeFilter(tap)
-
-
-def launch_on_gpus(command: list[str], setting: str, gpus: int, device: str, error: type[Exception]) -> None:
-    """Run a multi-process launcher (accelerate, torchrun) for `gpus` GPUs; refused before it starts when this
-    machine has fewer. Only the calling process speaks Dagster Pipes; the ranks report as plain log lines."""
-    import torch
-
-    have = torch.cuda.device_count()
-    if device != "cuda" or have < gpus:
-        raise error(f"{setting} is {gpus}, but torch sees {have} CUDA device(s) here (device {device}): set {setting} "
-                    "to at most that, or run with --device cuda on a machine with that many GPUs")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
-    print(f"{setting} = {gpus}: {' '.join(command)}", flush=True)
-    if subprocess.run(command, env=env, check=False).returncode != 0:
-        raise error(f"the {gpus}-GPU run failed (see the ranks' output above); a rerun resumes from its last "
-                    "checkpoint")
 
 
 def launch_data_parallel(run: BcRun, gpus: int, device: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.capture.stage import POINT_CLOUD, CaptureError, write_point_cloud, write_transforms
-from pipeline.common.recipe import BoardConfig, CaptureConfig
+from pipeline.capture.config import BoardConfig, CaptureConfig
 
 # pycolmap 4.2's _core exports its own static zlib(-ng). If the system libz.so.1 is first loaded after it, libz binds
 # its internal calls to pycolmap's copies and every later PNG write through Pillow corrupts the heap ("double free or

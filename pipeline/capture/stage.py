@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.artifacts import replace_dir, staging_dir
-from pipeline.common.recipe import CaptureConfig, Recipe
+from pipeline.common.recipe import Recipe
+from pipeline.capture.config import CaptureConfig
 from pipeline.common.ply import read_ply, write_ply
 
 TRANSFORMS = "transforms.json"

@@ -1,10 +1,20 @@
-"""Small helpers for writing artifact folders safely and for resumable work folders."""
+"""Small helpers for artifact folders: md5s, writing them safely, resumable work folders."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file, read in 1 MiB chunks."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def staging_dir(target: Path) -> Path:

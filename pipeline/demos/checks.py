@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common.recipe import DemoChecksConfig
+from pipeline.demos.config import DemoChecksConfig
 from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 
 JOINT_FEATURES = ("observation.state", "action")

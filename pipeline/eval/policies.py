@@ -59,7 +59,7 @@ class ResidualPolicy:
     def __init__(self, rl_dir: Path, bc_checkpoint: Path, device: str = "cpu", task: str = ""):
         import torch
 
-        from pipeline.workcell.build import file_md5
+        from pipeline.common.artifacts import file_md5
 
         rl_dir = Path(rl_dir)
         manifest_path = rl_dir / "policy_manifest.json"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline.capture.stage import Capture
-from pipeline.common.recipe import MeshConfig
+from pipeline.mesh.config import MeshConfig
 from pipeline.splat.rasterize import render_surface_depth
 
 

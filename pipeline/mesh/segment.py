@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.common.recipe import MeshConfig
+from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import MeshError
 
 

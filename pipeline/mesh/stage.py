@@ -25,9 +25,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.artifacts import file_md5, replace_dir, staging_dir
 from pipeline.capture.stage import Capture
-from pipeline.common.recipe import MeshConfig, Recipe
+from pipeline.common.recipe import Recipe
+from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
                                   render_depths, robot_surface_points)
 from pipeline.mesh.segment import cluster_objects, fit_support_plane, height_field_solid, support_box
@@ -139,7 +140,7 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
     _preview(capture, scene, staging, staging / "preview.png")
     (staging / "mesh_config.json").write_text(json.dumps(
         {"mesh": cfg.model_dump(mode="json"), "capture_md5": capture_md5(capture),
-         "splat_md5": _file_md5(Path(splat_dir) / "splat.ply"), "robot_joint_positions_rad":
+         "splat_md5": file_md5(Path(splat_dir) / "splat.ply"), "robot_joint_positions_rad":
          None if robot is None else _robot_joints(cfg, scene_state)}, indent=2))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     replace_dir(staging, Path(out_dir))
@@ -276,12 +277,6 @@ def _to_trimesh(mesh):
 
     colors = (np.asarray(mesh.vertex_colors) * 255).round().astype(np.uint8) if mesh.has_vertex_colors() else None
     return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), vertex_colors=colors, process=False)
-
-
-def _file_md5(path: Path) -> str:
-    from pipeline.workcell.build import file_md5
-
-    return file_md5(path)
 
 
 def _bar(total: int, desc: str, enabled: bool):

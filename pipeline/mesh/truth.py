@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.capture.stage import Capture
-from pipeline.common.recipe import MeshConfig
+from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import in_workspace, near
 
 #: world-body geoms of the workcell that are not task objects

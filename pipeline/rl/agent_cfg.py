@@ -9,7 +9,7 @@ from __future__ import annotations
 from isaaclab.utils import configclass
 from isaaclab_rl.rsl_rl import RslRlMLPModelCfg, RslRlOnPolicyRunnerCfg, RslRlPpoAlgorithmCfg
 
-from pipeline.common.recipe import RlConfig
+from pipeline.rl.config import RlConfig
 
 
 @configclass

@@ -21,7 +21,7 @@ from isaaclab.utils import configclass
 
 from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, LEROBOT_HI, LEROBOT_LO
 
-TASK_ID = "Twinloop-TwinPickPlace-Residual-v0"
+from pipeline.rl import TASK_ID  # noqa: F401  (registered there)
 ACTOR_OBS = 18  # joints 6 + BC action 6 + previous residual 6
 CRITIC_OBS = ACTOR_OBS + 3 + 4 + 3 + 3 + 3 + 1  # cube pos, quat, lin vel; tcp; bin centre; time
 
@@ -248,14 +248,3 @@ def _rotate(xyzw: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     q = xyzw[:, :3]
     t = 2 * torch.cross(q, v, dim=1)
     return v + xyzw[:, 3:4] * t + torch.cross(q, t, dim=1)
-
-
-def register() -> None:
-    """Register the task id with gymnasium (Isaac Lab's convention: env and agent config entry points)."""
-    import gymnasium as gym
-
-    if TASK_ID not in gym.registry:
-        gym.register(id=TASK_ID, entry_point=f"{__name__}:TwinPickPlaceEnv", disable_env_checker=True,
-                     kwargs={"env_cfg_entry_point": f"{__name__}:TwinPickPlaceEnvCfg",
-                             "rsl_rl_cfg_entry_point": "pipeline.rl.agent_cfg:ResidualPPORunnerCfg"})
-

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.common.artifacts import file_md5
 from pipeline.common.recipe import Recipe, load_recipe
 from pipeline.rl.env_cfg import RlError
 
@@ -34,18 +35,12 @@ ACTOR_OBSERVATION = (["joint." + j for j in ("shoulder_pan", "shoulder_lift", "e
                      + ["previous_residual." + str(i) for i in range(6)])
 
 
-def _md5(path: Path) -> str:
-    from pipeline.workcell.build import file_md5
-
-    return file_md5(path)
-
-
 def fingerprint(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path) -> str:
     """What shapes the trained residual; `iterations` and the evaluation settings are left out (raising iterations
     resumes)."""
     payload = json.dumps({
         "rl": recipe.rl.model_dump(mode="json", exclude={"iterations", "eval_episodes", "eval_seed", "save_every"}),
-        "twin": _md5(twin_usd), "bc": _md5(bc_checkpoint / "model.safetensors")}, sort_keys=True)
+        "twin": file_md5(twin_usd), "bc": file_md5(bc_checkpoint / "model.safetensors")}, sort_keys=True)
     return hashlib.md5(payload.encode()).hexdigest()[:12]
 
 
@@ -92,7 +87,7 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     from isaaclab_rl.rsl_rl import RslRlVecEnvWrapper
     from isaaclab_rl.rsl_rl.utils import check_rsl_rl_version, create_rsl_rl_runner, handle_deprecated_rsl_rl_cfg
 
-    from pipeline.common.artifacts import remove_other_runs, replace_dir, staging_dir
+    from pipeline.common.artifacts import file_md5, remove_other_runs, replace_dir, staging_dir
     from pipeline.rl.agent_cfg import make_agent_cfg
     from pipeline.rl.env import TwinPickPlaceEnv
     from pipeline.rl.env_cfg import make_env_cfg
@@ -166,14 +161,14 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     }
     manifest = {
         "kind": "bc+residual",
-        "bc_checkpoint": str(bc_checkpoint), "bc_model_md5": _md5(bc_checkpoint / "model.safetensors"),
+        "bc_checkpoint": str(bc_checkpoint), "bc_model_md5": file_md5(bc_checkpoint / "model.safetensors"),
         "residual_actor": "residual_actor.pt", "alpha": cfg.alpha, "residual_clip": cfg.residual_clip,
         "fps": recipe.workcell.fps,
         "action": "so101_follower joint targets (units) = bc_action + alpha * clip(residual_actor(obs), +-clip)",
         "actor_observation": ACTOR_OBSERVATION,
         "actor_observation_scaling": "joints / 100, bc_action / 100, previous residual as commanded",
         "bc_observation": ["observation.state", "observation.environment_state"],
-        "twin_md5": _md5(twin_usd), "recipe_rl": cfg.model_dump(mode="json"),
+        "twin_md5": file_md5(twin_usd), "recipe_rl": cfg.model_dump(mode="json"),
     }
     (staging / "policy_manifest.json").write_text(json.dumps(manifest, indent=2))
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -240,7 +235,7 @@ def _figures(curve: dict, scores: dict, out: Path) -> None:
 
 def launch_distributed(gpus: int, argv: list[str], device: str) -> None:
     """Isaac Lab's multi-GPU training: this stage once per GPU under torchrun (`--standalone`: one machine)."""
-    from pipeline.bc.stage import launch_on_gpus
+    from pipeline.common.multi_gpu import launch_on_gpus
 
     launch_on_gpus([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                     "-m", "pipeline.rl.stage", *argv], "rl.gpus", gpus, device, RlError)

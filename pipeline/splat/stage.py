@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from pipeline.common.artifacts import keep_log_until, remove_other_runs, replace_dir, staging_dir
 from pipeline.capture.stage import Capture
-from pipeline.common.recipe import Recipe, SplatConfig
+from pipeline.common.recipe import Recipe
+from pipeline.splat.config import SplatConfig
 from pipeline.splat.gaussians import init_from_points, load_ply, save_ply, sh_degree_of
 from pipeline.splat.rasterize import rasterize
 

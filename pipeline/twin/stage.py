@@ -27,22 +27,16 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.artifacts import file_md5, replace_dir, staging_dir
 from pipeline.capture.stage import Capture
 from pipeline.common.recipe import Recipe
 from pipeline.twin.author import TwinError, activated, author_twin, split_splat
 
 
-def _md5(path: Path) -> str:
-    from pipeline.workcell.build import file_md5
-
-    return file_md5(path)
-
-
 def _folder_md5(files: list[Path]) -> str:
     h = hashlib.md5()
     for f in sorted(files):
-        h.update(f.name.encode() + _md5(f).encode())
+        h.update(f.name.encode() + file_md5(f).encode())
     return h.hexdigest()
 
 
@@ -73,11 +67,11 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
     robot_usd = official_robot_usd()
     hull_files = sorted((Path(mesh_dir) / "hulls").glob("*.obj"))
     upstream = {
-        "models/mesh/scene.json": _md5(scene_path),
+        "models/mesh/scene.json": file_md5(scene_path),
         "models/mesh/hulls": _folder_md5(hull_files),
-        "models/splat/splat.ply": _md5(splat_path),
-        "data/capture/transforms.json": _md5(Path(capture_dir) / "transforms.json"),
-        "robot_usd": _md5(robot_usd),
+        "models/splat/splat.ply": file_md5(splat_path),
+        "data/capture/transforms.json": file_md5(Path(capture_dir) / "transforms.json"),
+        "robot_usd": file_md5(robot_usd),
     }
     mesh_config = json.loads((Path(mesh_dir) / "mesh_config.json").read_text()) \
         if (Path(mesh_dir) / "mesh_config.json").is_file() else {}

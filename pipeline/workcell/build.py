@@ -9,7 +9,6 @@ a CPU, and write `workcell.xml` + `meshes/` + `workcell.json` (the recipe and th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -18,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from isaaclab_so101.constants import TCP_OFFSET
 
-from pipeline.common.recipe import WorkcellConfig
+from pipeline.common.artifacts import file_md5
+from pipeline.workcell.config import WorkcellConfig
 from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS
 
 ROBOT_PREFIX = "_so101_new_calib_"  # Newton mangles USD prim paths into MJCF names
@@ -41,14 +41,6 @@ def official_robot_usd() -> Path:
     if not Path(USD_PATH).is_file():
         raise FileNotFoundError(f"the SO-101 USD is missing from isaaclab-so101: {USD_PATH}")
     return Path(USD_PATH)
-
-
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _quat_z(yaw: float) -> tuple[float, float, float, float]:

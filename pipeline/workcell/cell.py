@@ -14,7 +14,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from pipeline.common.recipe import WorkcellConfig
+from pipeline.workcell.config import WorkcellConfig
 from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, SIM_JOINTS, lerobot_to_sim, sim_to_lerobot
 
 CAMERAS = ("front", "wrist")

@@ -16,7 +16,7 @@ import numpy as np
 
 from scipy.spatial.transform import Rotation, Slerp
 
-from pipeline.common.recipe import ExpertConfig
+from pipeline.workcell.config import ExpertConfig
 from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, sim_to_lerobot
 from pipeline.workcell.cell import Workcell
 

@@ -1,0 +1,32 @@
+"""The `eval` section of params.yaml: the paired BC vs BC + residual evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pipeline.common.sections import Section, Positive
+
+class EvalRealConfig(Section):
+    """A real SO-101 follower (lerobot `so101_follower`; needs `lerobot[feetech]`, installed with Twinloop)."""
+
+    port: str = ""  # e.g. /dev/ttyACM0 (`lerobot-find-port`)
+    robot_id: str = "twinloop_follower"  # lerobot calibration id
+    calibration_dir: str = ""  # '' = lerobot's default calibration folder
+    max_relative_target: Positive = 10.0  # lerobot's per-step clamp (so101 units): always on
+    cameras: dict[str, dict[str, str | int | float]] = {}  # name -> OpenCVCameraConfig fields (recorded, not read)
+    cube_z_m: Positive = 0.0125  # centre height of the placed cube (the BC policy reads the placed pose)
+
+
+class EvalConfig(Section):
+    """Stage `eval_report`: BC alone vs BC + residual, paired on the same initial conditions, on one robot."""
+
+    robot: Literal["twin", "so101_follower"] = "twin"
+    pairs: Annotated[int, Field(ge=1)] = 30  # initial conditions; each runs both policies, in alternating order
+    seed: int = 3_000_000  # condition k draws from seed + k (held out from rl.seed and rl.eval_seed)
+    episode_seconds: Positive = 8.0
+    randomize: bool = True  # twin: held-out draws of rl.randomization's ranges (mass, gains, latency, noise)
+    extra_policies: list[str] = []  # more rl_policy folders (other rl.seed): success variance across policy seeds
+    failure_examples: Annotated[int, Field(ge=0)] = 4  # failed rollouts shown with frames
+    real: EvalRealConfig = EvalRealConfig()

@@ -1,0 +1,55 @@
+"""The `rl` section of params.yaml: residual PPO on the twin."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pipeline.common.sections import Section, Range, Positive
+
+class RlRewardConfig(Section):
+    """Pick-and-place reward terms (weights per control step)."""
+
+    reach: float = 1.0  # 1 - tanh(|tcp - cube| / 5 cm)
+    lift: float = 2.0  # cube 2 cm above where it rests
+    place: float = 2.0  # lifted, 1 - tanh(|cube - bin| (xy) / 5 cm)
+    success: float = 10.0  # the cube at rest in the bin
+    action_rate: float = -0.01  # |residual_t - residual_t-1|^2
+    residual: float = -0.001  # |residual|^2: stay close to BC unless it pays
+
+
+class RlRandomizationConfig(Section):
+    """Domain randomization per episode (the cube's pose comes from workcell.cube's spawn ranges)."""
+
+    cube_mass_scale: Range = Range(low=0.8, high=1.25)
+    joint_gain_scale: Range = Range(low=0.85, high=1.15)  # servo stiffness and damping
+    max_action_latency_steps: Annotated[int, Field(ge=0)] = 1  # each episode delays commands by 0..N control steps
+    joint_noise_units: float = Field(0.5, ge=0)  # Gaussian noise on the actor's joint reading (so101 units)
+
+
+class RlConfig(Section):
+    """Stage `rl_policy`: a residual on the frozen BC policy, PPO (rsl_rl) in Isaac Lab on the USD twin."""
+
+    physics: Literal["newton", "physx"] = "newton"  # physx needs Isaac Sim (not installable from PyPI)
+    num_envs: Annotated[int, Field(ge=1)] = 64  # per GPU (with `gpus` > 1, gpus x num_envs envs in all)
+    # GPUs for PPO: > 1 runs Isaac Lab's distributed mode (torchrun, one env + rsl_rl learner per GPU, gradients
+    # all-reduced over NCCL, seed + rank per process); needs that many CUDA devices.
+    gpus: Annotated[int, Field(ge=1)] = 1
+    physics_dt_s: Positive = 1 / 240  # control runs at the recording's fps: decimation = 1 / (fps x dt)
+    episode_seconds: Positive = 8.0
+    alpha: Positive = 5.0  # total = base + alpha * residual (so101 units; the arm spans -100..100)
+    residual_clip: Positive = 1.0
+    iterations: Annotated[int, Field(ge=1)] = 24
+    steps_per_env: Annotated[int, Field(ge=1)] = 24
+    learning_rate: Positive = 3e-4
+    init_noise_std: Positive = 0.3
+    actor_hidden: tuple[int, ...] = (128, 128)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    save_every: Annotated[int, Field(ge=1)] = 10  # iterations between checkpoints (the most an interruption loses)
+    seed: int = 0
+    success_hold_steps: Annotated[int, Field(ge=1)] = 10  # control steps at rest in the bin that end an episode
+    eval_episodes: Annotated[int, Field(ge=1)] = 32  # held-out seeded cube poses, BC alone and BC + residual
+    eval_seed: int = 2_000_000
+    rewards: RlRewardConfig = RlRewardConfig()
+    randomization: RlRandomizationConfig = RlRandomizationConfig()
