@@ -5,11 +5,13 @@ import json
 import dagster as dg
 
 from assets.demos import DEMOS_DIR, demos
-from assets.sim import WORKCELL_DIR, image_md, sim_workcell
+from assets.sim import WORKCELL_DIR, sim_workcell
+from pipeline.common.layout import RUNS_DIR, STAGE_DIRS
+from assets.materialize import committed, image_md, stage_errors
+from assets.pipes_child import pipes_command
 from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
-BC_DIR = "models/bc"
-RUNS_DIR = "runs"  # resumable work folders (git- and DVC-ignored)
+BC_DIR = STAGE_DIRS["bc_policy"]
 
 
 @dg.asset(
@@ -26,36 +28,28 @@ def bc_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
     from pipeline.bc.stage import BcInputError, child_command, finish_run, plan_run
 
     recipe = paths.recipe()
-    try:
+    with stage_errors(BcInputError):
         run = plan_run(recipe, paths.artifact(DEMOS_DIR), paths.artifact(WORKCELL_DIR) / "workcell.xml",
                        paths.artifact(BC_DIR), paths.artifact(RUNS_DIR), device=compute.device)
-    except BcInputError as exc:
-        raise dg.Failure(description=str(exc)) from exc
     context.log.info(f"BC work folder {run.work_dir} (a rerun with the same recipe and demos resumes there)")
     # The child trains and measures; its log lines and final loss come back through Pipes, stdout/stderr stream
     # into this run's compute logs, and cancelling the run sends it SIGINT.
-    reported = pipes_subprocess.run(command=child_command(run), context=context, cwd=str(paths.root_path),
+    reported = pipes_subprocess.run(command=pipes_command(child_command(run)), context=context, cwd=str(paths.root_path),
                                     env={"HF_HUB_OFFLINE": "1"}).get_materialize_result()
     metrics = finish_run(run)
-    md5 = dvc.commit_stage("bc_policy")
     out = paths.artifact(BC_DIR)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(md5),
-        metadata={
-            **reported.metadata,
-            **dvc.lineage_metadata("bc_policy"),
-            "recipe_hash": recipe.section_hash("bc"),
-            "sim_success_ci95": dg.MetadataValue.json(metrics["sim_success_ci95"]),
-            "sim_episodes": metrics["sim_episodes"],
-            "held_out_action_mse": dg.MetadataValue.float(metrics["held_out_action_mse"]),
-            "held_out_action_mse_per_joint": dg.MetadataValue.json(metrics["held_out_action_mse_per_joint"]),
-            "resumed_from_step": metrics["resumed_from_step"],
-            "device": metrics["device"],
-            "loss_and_error": dg.MetadataValue.md(image_md(out / "loss.png", width=880)),
-            "rollouts": dg.MetadataValue.md(image_md(out / "rollouts.png", width=420)),
-            "path": dg.MetadataValue.path(str(out / "pretrained_model")),
-        },
-    )
+    return committed("bc_policy", dvc, recipe, "bc", metrics=metrics, metadata={
+        **reported.metadata,
+        "sim_success_ci95": dg.MetadataValue.json(metrics["sim_success_ci95"]),
+        "sim_episodes": metrics["sim_episodes"],
+        "held_out_action_mse": dg.MetadataValue.float(metrics["held_out_action_mse"]),
+        "held_out_action_mse_per_joint": dg.MetadataValue.json(metrics["held_out_action_mse_per_joint"]),
+        "resumed_from_step": metrics["resumed_from_step"],
+        "device": metrics["device"],
+        "loss_and_error": dg.MetadataValue.md(image_md(out / "loss.png", width=880)),
+        "rollouts": dg.MetadataValue.md(image_md(out / "rollouts.png", width=420)),
+        "path": dg.MetadataValue.path(str(out / "pretrained_model")),
+    })
 
 
 @dg.asset_check(asset=bc_policy, description="The policy moves like the demonstrator: predicted/demonstrated action "

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.sim import WORKCELL_DIR, image_md, sim_workcell
+from assets.sim import WORKCELL_DIR, sim_workcell
 from pipeline.demos.checks import CHECK_SPECS
+from pipeline.common.layout import INBOX_DIR, STAGE_DIRS
+from assets.materialize import committed, image_md, stage_errors
 from resources import DVC_POOL, DvcResource, ProjectPaths
 
-DEMOS_DIR = "data/demos"
-INBOX_DIR = "data/inbox"
+DEMOS_DIR = STAGE_DIRS["demos"]
+
 
 
 class DemosRunConfig(dg.Config):
@@ -32,19 +34,14 @@ def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: Proj
 
     recipe = paths.recipe()
     root = paths.artifact(DEMOS_DIR)
-    try:
+    with stage_errors(DemoInputError, BatchRejected):
         if config.inbox_batch:
             result = ingest_batch(paths.artifact(INBOX_DIR), config.inbox_batch, root, recipe)
         else:
             result = build_demos(recipe, root, workcell_xml=paths.artifact(WORKCELL_DIR) / "workcell.xml")
-    except (DemoInputError, BatchRejected) as exc:
-        raise dg.Failure(description=str(exc)) from exc
     context.log.info(f"demos: {result}")
     summary = summarize(root)
-    md5 = dvc.commit_stage("demos")
     metadata = {
-        **dvc.lineage_metadata("demos"),
-        "recipe_hash": recipe.section_hash("demos"),
         "episodes": summary["episodes"],
         "frames": summary["frames"],
         "fps": summary["fps"],
@@ -58,7 +55,7 @@ def demos(context: dg.AssetExecutionContext, config: DemosRunConfig, paths: Proj
         sheet = contact_sheet(root, Path(tmp) / "sheet.png")
         if sheet is not None:
             metadata["contact_sheet"] = dg.MetadataValue.md(image_md(sheet, width=960))
-    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+    return committed("demos", dvc, recipe, "demos", metadata, None)
 
 
 @dg.multi_asset_check(

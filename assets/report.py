@@ -6,11 +6,13 @@ import dagster as dg
 
 from assets.bc import BC_DIR, bc_policy
 from assets.rl import RL_DIR, rl_policy
-from assets.sim import image_md
+
 from assets.twin import TWIN_DIR, usd_twin
+from pipeline.common.layout import STAGE_DIRS
+from assets.materialize import committed, image_md, stage_errors
 from resources import DvcResource, ProjectPaths, RobotConnection
 
-EVAL_DIR = "reports/eval"
+EVAL_DIR = STAGE_DIRS["eval_report"]
 
 
 @dg.asset(
@@ -32,31 +34,23 @@ def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dvc
         raise dg.Failure(description="a real-robot evaluation needs an operator at the arm (placing cubes, labelling "
                          "outcomes): run `twinloop eval --robot so101_follower` in a terminal there, then "
                          "`dvc commit eval_report`; this asset evaluates on the twin (robot.kind sim, eval.robot twin)")
-    try:
+    with stage_errors(EvalError, RobotUnavailable):
         metrics = build_eval_report(recipe, paths.root_path, paths.artifact(TWIN_DIR), paths.artifact(BC_DIR),
                                     paths.artifact(RL_DIR), paths.artifact(EVAL_DIR), log=context.log.info)
-    except (EvalError, RobotUnavailable) as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    md5 = dvc.commit_stage("eval_report")
     out = paths.artifact(EVAL_DIR)
     pol, diff = metrics["policies"], metrics["difference"]
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(md5),
-        metadata={
-            **dvc.lineage_metadata("eval_report"),
-            "recipe_hash": recipe.section_hash("eval"),
-            "robot": metrics["robot_label"],
-            "pairs": metrics["pairs"],
-            "bc_success_rate": dg.MetadataValue.float(pol["bc"]["success_rate"]),
-            "bc_residual_success_rate": dg.MetadataValue.float(pol["bc_residual"]["success_rate"]),
-            "gain_points": dg.MetadataValue.float(diff["points"]),
-            "gain_ci95_points": dg.MetadataValue.json(diff["ci95_points"]),
-            "mcnemar_exact_p": dg.MetadataValue.float(metrics["paired"]["mcnemar_exact_p"]),
-            "report": dg.MetadataValue.md((out / "report.md").read_text().split("![")[0]),
-            "summary": dg.MetadataValue.md(image_md(out / "figures" / "summary.png", width=900)),
-            "path": dg.MetadataValue.path(str(out / "report.html")),
-        },
-    )
+    return committed("eval_report", dvc, recipe, "eval", metrics=metrics, metadata={
+        "robot": metrics["robot_label"],
+        "pairs": metrics["pairs"],
+        "bc_success_rate": dg.MetadataValue.float(pol["bc"]["success_rate"]),
+        "bc_residual_success_rate": dg.MetadataValue.float(pol["bc_residual"]["success_rate"]),
+        "gain_points": dg.MetadataValue.float(diff["points"]),
+        "gain_ci95_points": dg.MetadataValue.json(diff["ci95_points"]),
+        "mcnemar_exact_p": dg.MetadataValue.float(metrics["paired"]["mcnemar_exact_p"]),
+        "report": dg.MetadataValue.md((out / "report.md").read_text().split("![")[0]),
+        "summary": dg.MetadataValue.md(image_md(out / "figures" / "summary.png", width=900)),
+        "path": dg.MetadataValue.path(str(out / "report.html")),
+    })
 
 
 @dg.asset_check(asset=eval_report, blocking=True, description="The report is complete: both policies ran on every "

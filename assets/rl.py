@@ -6,11 +6,14 @@ import sys
 import dagster as dg
 
 from assets.bc import BC_DIR, RUNS_DIR, bc_policy
-from assets.sim import image_md
+
 from assets.twin import TWIN_DIR, usd_twin
+from pipeline.common.layout import STAGE_DIRS
+from assets.materialize import committed, image_md
+from assets.pipes_child import pipes_command
 from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
-RL_DIR = "models/rl"
+RL_DIR = STAGE_DIRS["rl_policy"]
 
 
 @dg.asset(
@@ -32,34 +35,30 @@ def rl_policy(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRe
     command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(paths.root_path / "params.yaml"),
                "--twin", str(paths.artifact(TWIN_DIR)), "--bc", str(paths.artifact(BC_DIR)),
                "--out", str(paths.artifact(RL_DIR)), "--runs", str(paths.artifact(RUNS_DIR)), "--device", device]
-    pipes_subprocess.run(command=command, context=context, cwd=str(paths.root_path), env={"HF_HUB_OFFLINE": "1"})
+    # the child's log lines and its wall-clock figures (kept out of the artifact) come back through Pipes
+    reported = pipes_subprocess.run(command=pipes_command(command), context=context, cwd=str(paths.root_path),
+                                    env={"HF_HUB_OFFLINE": "1"}).get_materialize_result()
     out = paths.artifact(RL_DIR)
     metrics = json.loads((out / "metrics.json").read_text())
-    md5 = dvc.commit_stage("rl_policy")
     scores = metrics["twin_success"]
     rows = ["| policy | successes | success rate | Wilson 95 % |", "|---|---|---|---|"]
     for name, label in (("bc", "BC alone"), ("bc_residual", "BC + residual")):
         s = scores[name]
         rows.append(f"| {label} | {s['successes']}/{s['episodes']} | {s['success_rate']:.2f} | "
                     f"{s['ci95'][0]:.2f}–{s['ci95'][1]:.2f} |")
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(md5),
-        metadata={
-            **dvc.lineage_metadata("rl_policy"),
-            "recipe_hash": recipe.section_hash("rl"),
-            "bc_success_rate": dg.MetadataValue.float(scores["bc"]["success_rate"]),
-            "bc_residual_success_rate": dg.MetadataValue.float(scores["bc_residual"]["success_rate"]),
-            "success_gain_points": dg.MetadataValue.float(metrics["success_gain_points"]),
-            "twin_success": dg.MetadataValue.md("\n".join(rows)),
-            "train_env_steps_per_s": dg.MetadataValue.float(metrics["train_env_steps_per_s"] or 0.0),
-            "iterations": metrics["iterations"],
-            "resumed_from_iteration": metrics["resumed_from_iteration"],
-            "device": metrics["device"],
-            "training": dg.MetadataValue.md(image_md(out / "training.png", width=800)),
-            "evaluation": dg.MetadataValue.md(image_md(out / "evaluation.png", width=380)),
-            "path": dg.MetadataValue.path(str(out / "policy_manifest.json")),
-        },
-    )
+    return committed("rl_policy", dvc, recipe, "rl", metadata={
+        **reported.metadata,
+        "bc_success_rate": dg.MetadataValue.float(scores["bc"]["success_rate"]),
+        "bc_residual_success_rate": dg.MetadataValue.float(scores["bc_residual"]["success_rate"]),
+        "success_gain_points": dg.MetadataValue.float(metrics["success_gain_points"]),
+        "twin_success": dg.MetadataValue.md("\n".join(rows)),
+        "iterations": metrics["iterations"],
+        "resumed_from_iteration": metrics["resumed_from_iteration"],
+        "device": metrics["device"],
+        "training": dg.MetadataValue.md(image_md(out / "training.png", width=800)),
+        "evaluation": dg.MetadataValue.md(image_md(out / "evaluation.png", width=380)),
+        "path": dg.MetadataValue.path(str(out / "policy_manifest.json")),
+    })
 
 
 @dg.asset_check(asset=rl_policy, blocking=True, description="The exported policy is complete: the TorchScript "

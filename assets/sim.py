@@ -5,9 +5,11 @@ import json
 
 import dagster as dg
 
+from pipeline.common.layout import STAGE_DIRS
+from assets.materialize import committed, image_md
 from resources import DVC_POOL, DvcResource, ProjectPaths
 
-WORKCELL_DIR = "models/workcell"
+WORKCELL_DIR = STAGE_DIRS["sim_workcell"]
 
 
 @dg.asset(
@@ -22,21 +24,15 @@ def sim_workcell(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dv
 
     recipe = paths.recipe()
     metrics = build_sim_workcell(recipe, paths.artifact(WORKCELL_DIR), log=context.log.info)
-    md5 = dvc.commit_stage("sim_workcell")
     preview = paths.artifact(WORKCELL_DIR) / "preview.png"
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(md5),
-        metadata={
-            **dvc.lineage_metadata("sim_workcell"),
-            "recipe_hash": recipe.section_hash("workcell"),
-            "expert_success_rate": dg.MetadataValue.float(metrics["expert_success_rate"]),
-            "expert_success_ci95": dg.MetadataValue.json(metrics["expert_success_ci95"]),
-            "expert_episodes": metrics["expert_episodes"],
-            "build_seconds": dg.MetadataValue.float(metrics["build_seconds"]),
-            "preview": dg.MetadataValue.md(image_md(preview)),
-            "path": dg.MetadataValue.path(str(paths.artifact(WORKCELL_DIR))),
-        },
-    )
+    return committed("sim_workcell", dvc, recipe, "workcell", metrics=metrics, metadata={
+        "expert_success_rate": dg.MetadataValue.float(metrics["expert_success_rate"]),
+        "expert_success_ci95": dg.MetadataValue.json(metrics["expert_success_ci95"]),
+        "expert_episodes": metrics["expert_episodes"],
+        "build_seconds": dg.MetadataValue.float(metrics["build_seconds"]),
+        "preview": dg.MetadataValue.md(image_md(preview)),
+        "path": dg.MetadataValue.path(str(paths.artifact(WORKCELL_DIR))),
+    })
 
 
 @dg.asset_check(asset=sim_workcell, blocking=True, description="The scripted expert solves the task often enough "
@@ -51,20 +47,6 @@ def expert_solves_task(paths: ProjectPaths) -> dg.AssetCheckResult:
         description=None if rate >= floor else f"expert succeeded in {rate:.0%} < {floor:.0%}; failed seeds "
         f"{metrics['expert_failed_seeds']}",
     )
-
-
-def image_md(path, width: int = 640) -> str:
-    """An inline image for the Dagster UI, downscaled so the event log stays small."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    image = Image.open(path)
-    image.thumbnail((width, width * image.height // image.width))
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=85)
-    return f"![preview](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
 ASSETS = [sim_workcell]

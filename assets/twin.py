@@ -6,14 +6,15 @@ import json
 import dagster as dg
 
 from assets.demos import DEMOS_DIR, demos
-from assets.sim import WORKCELL_DIR, image_md, sim_workcell
+from assets.sim import WORKCELL_DIR, sim_workcell
+from pipeline.common.layout import RUNS_DIR, STAGE_DIRS
+from assets.materialize import committed, image_md, stage_errors
 from resources import ComputeDevice, DvcResource, GPU_POOL, ProjectPaths, gpu_op_tags
 
-CAPTURE_DIR = "data/capture"
-SPLAT_DIR = "models/splat"
-MESH_DIR = "models/mesh"
-TWIN_DIR = "models/twin"
-RUNS_DIR = "runs"
+CAPTURE_DIR = STAGE_DIRS["scene_capture"]
+SPLAT_DIR = STAGE_DIRS["gaussian_splat"]
+MESH_DIR = STAGE_DIRS["collision_mesh"]
+TWIN_DIR = STAGE_DIRS["usd_twin"]
 
 
 @dg.asset(
@@ -28,25 +29,17 @@ def scene_capture(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: D
     from pipeline.capture.stage import CaptureError, build_scene_capture
 
     recipe = paths.recipe()
-    try:
+    with stage_errors(CaptureError):
         metrics = build_scene_capture(recipe, paths.artifact(CAPTURE_DIR),
                                       workcell_xml=paths.artifact(WORKCELL_DIR) / "workcell.xml",
                                       root=paths.root_path, log=context.log.info, progress=False)
-    except CaptureError as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    md5 = dvc.commit_stage("scene_capture")
     out = paths.artifact(CAPTURE_DIR)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(md5),
-        metadata={
-            **dvc.lineage_metadata("scene_capture"),
-            "recipe_hash": recipe.section_hash("capture"),
-            **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-            "views": dg.MetadataValue.md(image_md(out / "preview.png", width=880)),
-            "cameras": dg.MetadataValue.md(image_md(out / "cameras.png", width=480)),
-            "path": dg.MetadataValue.path(str(out / "transforms.json")),
-        },
-    )
+    return committed("scene_capture", dvc, recipe, "capture", metrics=metrics, metadata={
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        "views": dg.MetadataValue.md(image_md(out / "preview.png", width=880)),
+        "cameras": dg.MetadataValue.md(image_md(out / "cameras.png", width=480)),
+        "path": dg.MetadataValue.path(str(out / "transforms.json")),
+    })
 
 
 @dg.asset(
@@ -65,17 +58,12 @@ def gaussian_splat(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
     from pipeline.splat.stage import SplatError, build_gaussian_splat
 
     recipe = paths.recipe()
-    try:
+    with stage_errors(SplatError, CaptureError, PlyError):
         metrics = build_gaussian_splat(recipe, paths.artifact(CAPTURE_DIR), paths.artifact(SPLAT_DIR),
                                        paths.artifact(RUNS_DIR), device=compute.device, root=paths.root_path,
                                        log=context.log.info, progress=False)
-    except (SplatError, CaptureError, PlyError) as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    md5 = dvc.commit_stage("gaussian_splat")
     out = paths.artifact(SPLAT_DIR)
     metadata = {
-        **dvc.lineage_metadata("gaussian_splat"),
-        "recipe_hash": recipe.section_hash("splat"),
         "holdout_psnr_db": dg.MetadataValue.float(metrics["holdout_psnr_db"]),
         "holdout_ssim": dg.MetadataValue.float(metrics["holdout_ssim"]),
         "train_psnr_db": dg.MetadataValue.float(metrics["train_psnr_db"]),
@@ -91,7 +79,7 @@ def gaussian_splat(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
     if metrics["initial_holdout_psnr_db"] is not None:
         metadata["initial_holdout_psnr_db"] = dg.MetadataValue.float(metrics["initial_holdout_psnr_db"])
         metadata["training"] = dg.MetadataValue.md(image_md(out / "training.png", width=880))
-    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+    return committed("gaussian_splat", dvc, recipe, "splat", metadata, metrics)
 
 
 @dg.asset_check(asset=gaussian_splat, blocking=True, description="The splat reproduces views it never trained on: "
@@ -124,13 +112,10 @@ def collision_mesh(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
     from pipeline.mesh.fusion import MeshError
 
     recipe = paths.recipe()
-    try:
+    with stage_errors(MeshError, CaptureError):
         metrics = build_collision_mesh(recipe, paths.artifact(CAPTURE_DIR), paths.artifact(SPLAT_DIR),
                                        paths.artifact(WORKCELL_DIR) / "workcell.xml", paths.artifact(MESH_DIR),
                                        device=compute.device, log=context.log.info, progress=False)
-    except (MeshError, CaptureError) as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    md5 = dvc.commit_stage("collision_mesh")
     out = paths.artifact(MESH_DIR)
     scene = json.loads((out / "scene.json").read_text())
     rows = ["| part | role | hulls | size (mm) | volume (cm³) | mass (g) |", "|---|---|---|---|---|---|"]
@@ -140,8 +125,6 @@ def collision_mesh(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
         rows.append(f"| {part['name']} | {part['role']} | {len(part['hulls'])} | "
                     f"{' x '.join(f'{1000 * v:.0f}' for v in size)} | {1e6 * part['volume_m3']:.1f} | {mass} |")
     metadata = {
-        **dvc.lineage_metadata("collision_mesh"),
-        "recipe_hash": recipe.section_hash("mesh"),
         "objects_found": metrics["objects_found"],
         "hulls": metrics["hulls"],
         "support_height_mm": dg.MetadataValue.float(metrics["support_height_mm"]),
@@ -153,7 +136,7 @@ def collision_mesh(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: 
     }
     if metrics["chamfer_mm"] is not None:
         metadata["chamfer_mm"] = dg.MetadataValue.float(metrics["chamfer_mm"])
-    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+    return committed("collision_mesh", dvc, recipe, "mesh", metadata, metrics)
 
 
 def _mesh_metrics(paths: ProjectPaths) -> dict:
@@ -236,21 +219,16 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
     from pipeline.twin.stage import build_usd_twin
 
     recipe = paths.recipe()
-    try:
+    with stage_errors(TwinError, CaptureError):
         # Newton's MuJoCo-C path: the settle test and the replay are single-world and run on CPU
         metrics = build_usd_twin(recipe, paths.artifact(MESH_DIR), paths.artifact(SPLAT_DIR),
                                  paths.artifact(CAPTURE_DIR), paths.artifact(WORKCELL_DIR), paths.artifact(DEMOS_DIR),
                                  paths.artifact(TWIN_DIR), root=paths.root_path, device="cpu", log=context.log.info,
                                  progress=False)
-    except (TwinError, CaptureError) as exc:
-        raise dg.Failure(description=str(exc)) from exc
     for warning in metrics["replay_warnings"]:
         context.log.warning(f"sim-real gap: {warning}")
-    md5 = dvc.commit_stage("usd_twin")
     out = paths.artifact(TWIN_DIR)
     metadata = {
-        **dvc.lineage_metadata("usd_twin"),
-        "recipe_hash": recipe.section_hash("twin"),
         "gaussians": dg.MetadataValue.json(metrics["gaussians"]),
         "colliders": metrics["stage"]["colliders"],
         "rigid_objects": dg.MetadataValue.json(metrics["dynamic_objects"]),
@@ -267,7 +245,7 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
             metadata[f"replay_{name}_rmse_deg"] = dg.MetadataValue.float(r["mean_rmse_deg"])
     if (out / "replay.png").is_file():
         metadata["replay"] = dg.MetadataValue.md(image_md(out / "replay.png", width=900))
-    return dg.MaterializeResult(data_version=dg.DataVersion(md5), metadata=metadata)
+    return committed("usd_twin", dvc, recipe, "twin", metadata, metrics)
 
 
 def _replay_table(replay: dict) -> str:

@@ -7,12 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.common.layout import RUNS_DIR, STAGE_DIRS
 from pipeline.common.recipe import RecipeError, load_recipe
 
-STAGE_DIRS = {"sim_workcell": "models/workcell", "demos": "data/demos", "bc_policy": "models/bc",
-              "scene_capture": "data/capture", "gaussian_splat": "models/splat", "collision_mesh": "models/mesh",
-              "usd_twin": "models/twin", "rl_policy": "models/rl", "eval_report": "reports/eval"}
-RUNS_DIR = "runs"
 
 
 def main(argv: list[str] | None = None) -> int:

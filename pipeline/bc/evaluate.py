@@ -147,12 +147,15 @@ def success_summary(rollouts: list[Rollout]) -> dict:
     }
 
 
-def measure(run, out_dir: Path, dataset_root: Path, device: str, log=print) -> dict:
+def measure(run, out_dir: Path, dataset_root: Path, device: str, train_log_path: Path | None = None,
+            log=print) -> dict:
     """All diagnostics of the checkpoint in `out_dir/pretrained_model`; writes the plots beside it.
     `dataset_root`: the demos as trained on (reduced to the policy's features: no video decoding when unused)."""
     recipe = run.parsed_recipe()
     policy = LerobotPolicy(out_dir / "pretrained_model", device)
-    train_log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines() if line]
+    # the work folder's log (with its throughput figures) unless told otherwise
+    train_log_path = train_log_path or out_dir / "train_log.jsonl"
+    train_log = [json.loads(line) for line in Path(train_log_path).read_text().splitlines() if line]
     metrics = {
         "policy": recipe.bc.policy,
         "observations": list(policy.input_keys),

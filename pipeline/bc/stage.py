@@ -19,9 +19,14 @@ Folders:
     train_dataset/              the demos reduced to the policy's features (only when a reduction is needed)
     lerobot/                    lerobot-train's --output_dir (checkpoints/NNNNNN, checkpoints/last)
     train_log.jsonl             one line per lerobot log step: loss, grad norm, lr, samples/s
+    timings.json                the run's wall-clock figures (reported to Dagster, kept out of the artifact)
   models/bc/                    the result, replaced atomically when everything above succeeded
-    pretrained_model/           lerobot's layout (config.json, model.safetensors, train_config.json, processors)
-    metrics.json, loss.png (loss + held-out per-joint error), rollouts.png, train_log.jsonl
+    pretrained_model/           lerobot's layout (config.json, model.safetensors, train_config.json, processors);
+                                train_config.json's paths relative to the project root
+    metrics.json, loss.png (loss + held-out per-joint error), rollouts.png, train_log.jsonl (without timings)
+    config.json                 the `bc` recipe section and the train / held-out episode split
+
+User guide: docs/bc.md.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.common.artifacts import keep_log_until, remove_other_runs, replace_dir
+from pipeline.common.artifacts import (copy_log_without_timings, keep_log_until, portable, read_timings,
+                                       remove_other_runs, replace_dir, with_timings, write_config, write_metrics)
 from pipeline.common.multi_gpu import launch_on_gpus
+from pipeline.common.progress import Reporter
 from pipeline.common.recipe import Recipe
 from pipeline.demos.stage import DEMOS_REPO_ID
 
@@ -142,8 +149,10 @@ def finish_run(run: BcRun) -> dict:
     if not (staging / "metrics.json").is_file():
         raise RuntimeError(f"the BC child process left no metrics in {staging}; see its log above")
     metrics = json.loads((staging / "metrics.json").read_text())
+    write_config(staging, {"bc": run.recipe["bc"], "train_episodes": run.train_episodes,
+                           "held_out_episodes": run.held_out_episodes})
     replace_dir(staging, Path(run.out_dir))
-    return metrics
+    return with_timings(metrics, read_timings(Path(run.work_dir) / "timings.json"))
 
 
 def build_bc_policy(recipe: Recipe, demos_root: Path, workcell_xml: Path, out_dir: Path, runs_root: Path,
@@ -196,33 +205,6 @@ def lerobot_train_args(run: BcRun, dataset_root: Path, device: str) -> list[str]
     for key, value in cfg.policy_options.get(cfg.policy, {}).items():
         args.append(f"--policy.{key}={json.dumps(value) if not isinstance(value, str) else value}")
     return args
-
-
-class Reporter:
-    """Progress for the parent: Dagster Pipes messages when launched through Pipes, else plain log lines.
-
-    `dagster_pipes` is Dagster's dependency-free client protocol, not Dagster: the stage stays runnable anywhere."""
-
-    def __init__(self):
-        self._pipes = self._context = None
-        from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
-
-        if DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ:
-            self._context = open_dagster_pipes()
-            self._pipes = self._context.__enter__()
-
-    def info(self, message: str) -> None:
-        if self._pipes is not None:
-            self._pipes.log.info(message)
-        print(message, flush=True)
-
-    def materialized(self, metadata: dict) -> None:
-        if self._pipes is not None:
-            self._pipes.report_asset_materialization(metadata=metadata)
-
-    def close(self, error: BaseException | None = None) -> None:
-        if self._context is not None:
-            self._context.__exit__(type(error) if error else None, error, error.__traceback__ if error else None)
 
 
 class _TrainLogTap(logging.Filter):
@@ -297,12 +279,31 @@ def train_and_measure(run: BcRun, reporter: Reporter) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copytree(checkpoint, staging / "pretrained_model")
-    shutil.copy(log_path, staging / TRAIN_LOG)
+    # The artifact names no checkout path and no wall-clock figure (its md5 depends on its inputs only); the work
+    # folder keeps the raw log and arguments. The child runs in the project root: paths are made relative to it.
+    root = Path.cwd()
+    _make_train_config_portable(staging / "pretrained_model" / "train_config.json", root)
+    copy_log_without_timings(log_path, staging / TRAIN_LOG)
     reporter.info("BC: measuring the checkpoint (held-out error, closed-loop sim episodes)")
-    metrics = bc_eval.measure(run, staging, dataset_root, device, log=reporter.info)
-    metrics |= {"resumed_from_step": resumed_from, "device": device, "lerobot_train_args": args}
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics = bc_eval.measure(run, staging, dataset_root, device, train_log_path=log_path, log=reporter.info)
+    metrics |= {"resumed_from_step": resumed_from, "device": device,
+                "lerobot_train_args": [arg.replace(f"{root.resolve()}/", "") for arg in args]}
+    timings = write_metrics(staging, metrics)
+    (Path(run.work_dir) / "timings.json").write_text(json.dumps(timings, indent=2))
     return metrics
+
+
+def _make_train_config_portable(path: Path, root: Path) -> None:
+    """lerobot saves absolute dataset and output paths in train_config.json; inside the artifact they are written
+    relative to the project root (the resumable copy in `runs/` keeps lerobot's own)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("output_dir"):
+        config["output_dir"] = portable(config["output_dir"], root)
+    if isinstance(config.get("dataset"), dict) and config["dataset"].get("root"):
+        config["dataset"]["root"] = portable(config["dataset"]["root"], root)
+    path.write_text(json.dumps(config, indent=4))
 
 
 def run_lerobot_train(args: list[str], log_path: Path, reporter: Reporter | None) -> None:
@@ -343,13 +344,15 @@ def _checkpoint_step(checkpoint: Path) -> int:
     return int(json.loads(step_file.read_text())["step"]) if step_file.is_file() else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
+    """The child: train and measure the run in `argv[0]` (its spec.json); `reporter`: plain log lines unless the
+    orchestrator passes its own (Dagster Pipes, `assets/pipes_child.py`)."""
     argv = argv if argv is not None else sys.argv[1:]
     if argv[0] == "--rank-of":  # one process of a multi-GPU run (see launch_data_parallel)
         train_rank(BcRun.load(argv[1]))
         return 0
     run = BcRun.load(argv[0])
-    reporter = Reporter()
+    reporter = reporter or Reporter()
     try:
         metrics = train_and_measure(run, reporter)
     except BaseException as exc:

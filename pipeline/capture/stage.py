@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.artifacts import portable, replace_dir, staging_dir, write_config, write_metrics
 from pipeline.common.recipe import Recipe
 from pipeline.capture.config import CaptureConfig
 from pipeline.common.ply import read_ply, write_ply
@@ -195,7 +195,8 @@ def pinhole_K(width: int, height: int, fovy_deg: float) -> np.ndarray:
     return np.array([[fy, 0, width / 2], [0, fy, height / 2], [0, 0, 1]])
 
 
-def render_sim_capture(recipe: Recipe, workcell_xml: Path, out: Path, progress: bool = True) -> dict:
+def render_sim_capture(recipe: Recipe, workcell_xml: Path, out: Path, progress: bool = True,
+                       root: Path = Path(".")) -> dict:
     """Render the sim workcell (robot at home, cube at the capture seed's pose) from `capture.views` viewpoints,
     with ground-truth depth and a point cloud back-projected from it (every 4th pixel, 5 mm voxels)."""
     import mujoco
@@ -254,7 +255,7 @@ def render_sim_capture(recipe: Recipe, workcell_xml: Path, out: Path, progress: 
     write_transforms(out, cfg.width, cfg.height, K, frames, ply_file_path=POINT_CLOUD, source="sim")
     state = {"seed": cfg.seed, "cube_pose": {"x": cube.x, "y": cube.y, "yaw_rad": cube.yaw},
              "cube_position": workcell.cube_position().tolist(), "cube_quat_wxyz": workcell.cube_quat().tolist(),
-             "joint_positions_rad": workcell.joint_positions().tolist(), "workcell_xml": str(workcell_xml)}
+             "joint_positions_rad": workcell.joint_positions().tolist(), "workcell_xml": portable(workcell_xml, root)}
     (out / "scene_state.json").write_text(json.dumps(state, indent=2))
     workcell.close()
     return {"points": int(len(xyz))}
@@ -300,7 +301,7 @@ def build_scene_capture(recipe: Recipe, out_dir: Path, workcell_xml: Path | None
                 raise CaptureError(f"capture.source=sim renders the sim workcell, but {workcell_xml} does not "
                                    "exist: materialize `sim_workcell` first")
             log(f"rendering the sim workcell from {cfg.views} viewpoints at {cfg.width}x{cfg.height}")
-            extra = render_sim_capture(recipe, Path(workcell_xml), staging, progress=progress)
+            extra = render_sim_capture(recipe, Path(workcell_xml), staging, progress=progress, root=root)
         else:
             if not cfg.path:
                 raise CaptureError(f"capture.source={cfg.source} needs capture.path")
@@ -323,7 +324,8 @@ def build_scene_capture(recipe: Recipe, out_dir: Path, workcell_xml: Path | None
         metrics = {"source": cfg.source, "images": len(capture.frames), "width": capture.width,
                    "height": capture.height, "fl_x": float(capture.K[0, 0]), **extra,
                    "seconds": round(time.perf_counter() - t0, 1)}
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_config(staging, {"capture": cfg.model_dump(mode="json")})
+        write_metrics(staging, metrics)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.artifacts import replace_dir, staging_dir, write_config
+from pipeline.common.layout import CONFIG_FILE
 from pipeline.common.recipe import Recipe
 from pipeline.demos.checks import DemoData
 from pipeline.workcell.joints import LEROBOT_JOINT_NAMES
@@ -159,6 +160,8 @@ def build_demos(recipe: Recipe, out_dir: Path, workcell_xml: Path | None = None)
                 converted = staging_dir(staging)
                 result |= write_state_only(DemoData.load(staging), converted)
                 replace_dir(converted, staging)
+        write_config(staging, {"demos": cfg.model_dump(mode="json"), "expert": recipe.expert.model_dump(mode="json"),
+                               "merged_batches": []})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -174,6 +177,10 @@ def merge_into(demos_root: Path, batch_root: Path) -> None:
     staging = staging_dir(demos_root)
     merge_datasets([LeRobotDataset(DEMOS_REPO_ID, root=demos_root), LeRobotDataset(DEMOS_REPO_ID, root=batch_root)],
                    output_repo_id=DEMOS_REPO_ID, output_dir=staging)
+    config_path = demos_root / CONFIG_FILE  # the settings the demos were built with, and every batch merged since
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {"merged_batches": []}
+    config["merged_batches"] = [*config.get("merged_batches", []), Path(batch_root).name]
+    write_config(staging, config)
     replace_dir(staging, demos_root)
     # lerobot keeps one open video decoder per file path for the whole process; the merged videos replaced the old
     # files at the same paths, so without this, later reads in this process decode the old (shorter) files.

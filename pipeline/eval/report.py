@@ -60,10 +60,10 @@ def lineage(root: Path, used_files: dict[str, Path]) -> dict:
     dataset's episodes, the recipe's section hashes, and the md5 of each file the evaluation loaded."""
     from pipeline.common.recipe import load_recipe
     from pipeline.common.lineage import LineageError, code_commit, trace
-    from pipeline.common.artifacts import file_md5
+    from pipeline.common.artifacts import file_md5, portable
 
     root = Path(root)
-    out = {"code_commit": code_commit(root), "artifacts": [], "files": {k: {"path": str(v), "md5": file_md5(v)} for k, v in used_files.items()}}
+    out = {"code_commit": code_commit(root), "artifacts": [], "files": {k: {"path": portable(v, root), "md5": file_md5(v)} for k, v in used_files.items()}}
     try:
         links = trace(root, "eval_report", verify=False).links
     except LineageError:  # not a Twinloop project (a bare output folder): no upstream to list

@@ -8,7 +8,7 @@ Paired protocol: condition k (seed eval.seed + k) runs both policies, BC first o
 odd k, so drift (battery, lighting, wear) does not favour either. Every rollout is recorded as a LeRobot dataset.
 
 Writes `reports/eval/`: report.html (self-contained), report.md, metrics.json, figures/*.png,
-rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome), eval_config.json.
+rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome), config.json.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.layout import STAGE_DIRS
 from pipeline.common.recipe import Recipe, load_recipe
 from pipeline.eval.policies import BCPolicy, PolicyError, ResidualPolicy
 from pipeline.eval.robots import Condition, RobotUnavailable, draw_condition
@@ -131,7 +132,7 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
     """The twin evaluation (or a real one with `robot_kind="so101_follower"`), recorded and reported."""
     from tqdm import tqdm
 
-    from pipeline.common.artifacts import replace_dir, staging_dir
+    from pipeline.common.artifacts import replace_dir, staging_dir, write_config, write_metrics
     from pipeline.eval import report
 
     cfg = recipe.eval
@@ -183,8 +184,8 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
     (staging / "report.html").write_text(report.html_document(md, figs))
     metrics = {"robot": kind, "robot_label": robot_label, **summary, "rollout_frames": frames,
                "seconds": round(seconds, 1), "lineage": lineage}
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (staging / "eval_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    write_metrics(staging, metrics)
+    write_config(staging, {"eval": cfg.model_dump(mode="json")})
     replace_dir(staging, Path(out_dir))
     return metrics
 
@@ -244,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.eval.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--root", default=".")
-    parser.add_argument("--twin", default="models/twin")
-    parser.add_argument("--bc", default="models/bc")
-    parser.add_argument("--rl", default="models/rl")
-    parser.add_argument("--out", default="reports/eval")
+    parser.add_argument("--twin", default=STAGE_DIRS["usd_twin"])
+    parser.add_argument("--bc", default=STAGE_DIRS["bc_policy"])
+    parser.add_argument("--rl", default=STAGE_DIRS["rl_policy"])
+    parser.add_argument("--out", default=STAGE_DIRS["eval_report"])
     parser.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
     parser.add_argument("--dry-run", action="store_true", help="real arm: connect and read, move nothing")
     args = parser.parse_args(argv)

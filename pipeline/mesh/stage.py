@@ -12,7 +12,7 @@ Writes to `out_dir`:
   scene.json         the parts: name, role (support | object), hull files, bounding box, size, volume, mass
   metrics.json       Chamfer to ground truth, counts, gate inputs, timings
   preview.png        the hulls drawn over capture photos, and a 3D view
-  mesh_config.json   the recipe section and the md5s of the splat and capture it was made from
+  config.json        the recipe section and the md5s of the splat and capture it was made from
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.common.artifacts import file_md5, replace_dir, staging_dir
+from pipeline.common.artifacts import file_md5, replace_dir, staging_dir, write_config, write_metrics
 from pipeline.capture.stage import Capture
 from pipeline.common.recipe import Recipe
 from pipeline.mesh.config import MeshConfig
@@ -138,11 +138,10 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         "device": torch_device.type, "views": len(capture.frames),
     }
     _preview(capture, scene, staging, staging / "preview.png")
-    (staging / "mesh_config.json").write_text(json.dumps(
-        {"mesh": cfg.model_dump(mode="json"), "capture_md5": capture_md5(capture),
-         "splat_md5": file_md5(Path(splat_dir) / "splat.ply"), "robot_joint_positions_rad":
-         None if robot is None else _robot_joints(cfg, scene_state)}, indent=2))
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_config(staging, {"mesh": cfg.model_dump(mode="json"), "capture_md5": capture_md5(capture),
+                           "splat_md5": file_md5(Path(splat_dir) / "splat.ply"), "robot_joint_positions_rad":
+                           None if robot is None else _robot_joints(cfg, scene_state)})
+    write_metrics(staging, metrics)
     replace_dir(staging, Path(out_dir))
     return metrics
 

@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.common.artifacts import file_md5
+from pipeline.common.artifacts import file_md5, read_timings, with_timings
+from pipeline.common.progress import Reporter
+from pipeline.common.layout import RUNS_DIR, STAGE_DIRS
 from pipeline.common.recipe import Recipe, load_recipe
 from pipeline.rl.env_cfg import RlError
 
@@ -87,7 +89,8 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     from isaaclab_rl.rsl_rl import RslRlVecEnvWrapper
     from isaaclab_rl.rsl_rl.utils import check_rsl_rl_version, create_rsl_rl_runner, handle_deprecated_rsl_rl_cfg
 
-    from pipeline.common.artifacts import file_md5, remove_other_runs, replace_dir, staging_dir
+    from pipeline.common.artifacts import (file_md5, portable, remove_other_runs, replace_dir, staging_dir,
+                                           write_config, write_metrics)
     from pipeline.rl.agent_cfg import make_agent_cfg
     from pipeline.rl.env import TwinPickPlaceEnv
     from pipeline.rl.env_cfg import make_env_cfg
@@ -157,21 +160,23 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
         "twin_success": scores,
         "success_gain_points": 100 * (scores["bc_residual"]["success_rate"] - scores["bc"]["success_rate"]),
         "training_curve": curve,
-        "work_dir": str(work_dir),
+        "work_dir": portable(work_dir, Path.cwd()),  # the stage runs in the project root
     }
     manifest = {
         "kind": "bc+residual",
-        "bc_checkpoint": str(bc_checkpoint), "bc_model_md5": file_md5(bc_checkpoint / "model.safetensors"),
+        "bc_checkpoint": portable(bc_checkpoint, Path.cwd()), "bc_model_md5": file_md5(bc_checkpoint / "model.safetensors"),
         "residual_actor": "residual_actor.pt", "alpha": cfg.alpha, "residual_clip": cfg.residual_clip,
         "fps": recipe.workcell.fps,
         "action": "so101_follower joint targets (units) = bc_action + alpha * clip(residual_actor(obs), +-clip)",
         "actor_observation": ACTOR_OBSERVATION,
         "actor_observation_scaling": "joints / 100, bc_action / 100, previous residual as commanded",
         "bc_observation": ["observation.state", "observation.environment_state"],
-        "twin_md5": file_md5(twin_usd), "recipe_rl": cfg.model_dump(mode="json"),
+        "twin_md5": file_md5(twin_usd),
     }
     (staging / "policy_manifest.json").write_text(json.dumps(manifest, indent=2))
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_config(staging, {"rl": cfg.model_dump(mode="json"), "workcell_fps": recipe.workcell.fps,
+                           "twin_md5": manifest["twin_md5"], "bc_model_md5": manifest["bc_model_md5"]})
+    (work_dir / "timings.json").write_text(json.dumps(write_metrics(staging, metrics), indent=2))
     _figures(curve, scores, staging)
     replace_dir(staging, Path(out_dir))
     env.close()
@@ -241,35 +246,37 @@ def launch_distributed(gpus: int, argv: list[str], device: str) -> None:
                     "-m", "pipeline.rl.stage", *argv], "rl.gpus", gpus, device, RlError)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.rl.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--twin", default="models/twin")
-    parser.add_argument("--bc", default="models/bc")
-    parser.add_argument("--out", default="models/rl")
-    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--twin", default=STAGE_DIRS["usd_twin"])
+    parser.add_argument("--bc", default=STAGE_DIRS["bc_policy"])
+    parser.add_argument("--out", default=STAGE_DIRS["rl_policy"])
+    parser.add_argument("--runs", default=RUNS_DIR)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
-    from pipeline.bc.stage import Reporter
-
     if "LOCAL_RANK" in os.environ:  # one rank of a distributed run: plain log lines, rank 0 writes the outputs
         build_rl_policy(load_recipe(args.params), Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),
                         device=args.device)
         return 0
-    reporter = Reporter()
+    reporter = reporter or Reporter()
     error = None
     try:
         recipe = load_recipe(args.params)
         if recipe.rl.gpus > 1:
             launch_distributed(recipe.rl.gpus, argv if argv is not None else sys.argv[1:], args.device)
             metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+            # the wall-clock figures stay out of the artifact: rank 0 left them in the work folder
+            metrics = with_timings(metrics, read_timings(Path(metrics["work_dir"]) / "timings.json"))
         else:
             metrics = build_rl_policy(recipe, Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),
                                       device=args.device, log=reporter.info)
         s = metrics["twin_success"]
         reporter.materialized({"bc_success_rate": s["bc"]["success_rate"],
                                "bc_residual_success_rate": s["bc_residual"]["success_rate"],
-                               "train_env_steps_per_s": metrics["train_env_steps_per_s"] or 0.0})
+                               "train_env_steps_per_s": metrics.get("train_env_steps_per_s") or 0.0,
+                               "train_seconds": metrics.get("train_seconds", 0.0),
+                               "eval_seconds": metrics.get("eval_seconds", 0.0)})
         print(json.dumps({k: v for k, v in metrics.items() if k != "training_curve"}, indent=2))
         return 0
     except RlError as exc:

@@ -8,10 +8,11 @@ capture's md5), so an interrupted run â€” or one whose `iterations` was raised â
 
 Writes to `out_dir`:
   splat.ply           the Gaussians, INRIA 3DGS PLY (any splat viewer opens it)
-  metrics.json        held-out PSNR/SSIM (and of the initialization), Gaussian count, iterations, time, it/s
+  metrics.json        held-out PSNR/SSIM (and of the initialization), Gaussian count, iterations (time and it/s
+                      are reported, not written: they differ on every run)
   holdout.png         held-out views: photo | render | error
   training.png        loss, training PSNR and Gaussian count over the steps; train_log.jsonl: the same, raw
-  splat_config.json   the recipe section, capture md5, renderer and device that made it
+  config.json         the recipe section, capture md5, renderer and device that made it
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.common.artifacts import keep_log_until, remove_other_runs, replace_dir, staging_dir
+from pipeline.common.artifacts import (copy_log_without_timings, keep_log_until, portable, remove_other_runs, replace_dir,
+                                       staging_dir, write_config, write_metrics)
 from pipeline.capture.stage import Capture
 from pipeline.common.recipe import Recipe
 from pipeline.splat.config import SplatConfig
@@ -342,12 +343,11 @@ def build_gaussian_splat(recipe: Recipe, capture_dir: Path, out_dir: Path, runs_
     save_ply(staging / "splat.ply", params)
     _holdout_figure(views, views.holdout, result, staging / "holdout.png")
     if train_log is not None and train_log.is_file():
-        shutil.copy(train_log, staging / "train_log.jsonl")
+        copy_log_without_timings(train_log, staging / "train_log.jsonl")
         _training_figure(staging / "train_log.jsonl", staging / "training.png")
-    (staging / "splat_config.json").write_text(json.dumps(
-        {"splat": cfg.model_dump(mode="json"), "capture_md5": source_md5, "backend": backend,
-         "device": torch_device.type, "capture_dir": str(capture_dir)}, indent=2))
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_config(staging, {"splat": cfg.model_dump(mode="json"), "capture_md5": source_md5, "backend": backend,
+                           "device": torch_device.type, "capture_dir": portable(capture_dir, root)})
+    write_metrics(staging, metrics)
     replace_dir(staging, Path(out_dir))
     return metrics
 

@@ -12,9 +12,9 @@ authors `twin.usd` (see `pipeline.twin.author`), then checks it:
 
 Writes to `out_dir`:
   twin.usd, robot/so101.usd   the stage and the (repaired) official robot USD it references
-  metrics.json                everything above, gate inputs, timings
+  metrics.json                everything above and the gate inputs (timings are reported, not written)
   preview.png, replay.png     capture photos vs twin renders; recorded vs replayed joints
-  twin_config.json            the recipe section and the md5 of every input
+  config.json                 the recipe section and the md5 of every input
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.common.artifacts import file_md5, replace_dir, staging_dir
+from pipeline.common.artifacts import file_md5, portable, replace_dir, staging_dir, write_config, write_metrics
+from pipeline.common.layout import CONFIG_FILE
 from pipeline.capture.stage import Capture
 from pipeline.common.recipe import Recipe
 from pipeline.twin.author import TwinError, activated, author_twin, split_splat
@@ -73,8 +74,8 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
         "data/capture/transforms.json": file_md5(Path(capture_dir) / "transforms.json"),
         "robot_usd": file_md5(robot_usd),
     }
-    mesh_config = json.loads((Path(mesh_dir) / "mesh_config.json").read_text()) \
-        if (Path(mesh_dir) / "mesh_config.json").is_file() else {}
+    mesh_config = json.loads((Path(mesh_dir) / CONFIG_FILE).read_text()) \
+        if (Path(mesh_dir) / CONFIG_FILE).is_file() else {}
     capture_joints = mesh_config.get("robot_joint_positions_rad")
     robot_points = None
     if capture_joints is not None and (Path(workcell_dir) / "workcell.xml").is_file():
@@ -128,13 +129,13 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
     for name, source in sources.items():
         if source is None or not (source / "meta" / "info.json").is_file():
             metrics["replay"][name] = {"measured": False,
-                                       "why": f"no LeRobot dataset at {source}" if source else "not configured"}
+                                       "why": f"no LeRobot dataset at {portable(source, root)}" if source else "not configured"}
             continue
         log(f"replaying the {name} ({source}) open loop in the twin")
         t = time.perf_counter()
         runs[name] = replay_dataset(twin, source, cfg.replay_episodes if name == "demos" else 0,
                                     progress=_bar(f"replay {name}", progress))
-        metrics["replay"][name] = {"measured": True, "dataset": str(source), **summarize(runs[name]),
+        metrics["replay"][name] = {"measured": True, "dataset": portable(source, root), **summarize(runs[name]),
                                    "seconds": round(time.perf_counter() - t, 1)}
     if runs:
         replay_figure(runs, staging / "replay.png")
@@ -142,10 +143,9 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
         f"{name}: mean tracking RMSE {r['mean_rmse_deg']:.2f} deg > {cfg.max_replay_rmse_deg}"
         for name, r in metrics["replay"].items() if r.get("measured") and r["mean_rmse_deg"] > cfg.max_replay_rmse_deg]
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    (staging / "twin_config.json").write_text(json.dumps(
-        {"twin": cfg.model_dump(mode="json"), "workcell_md5": recipe.workcell.md5(), "upstream_md5": upstream},
-        indent=2))
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_config(staging, {"twin": cfg.model_dump(mode="json"), "workcell_md5": recipe.workcell.md5(),
+                           "upstream_md5": upstream})
+    write_metrics(staging, metrics)
     replace_dir(staging, Path(out_dir))
     return metrics
 

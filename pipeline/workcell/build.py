@@ -34,6 +34,17 @@ WORKCELL_XML = "workcell.xml"
 WORKCELL_JSON = "workcell.json"
 
 
+def package_relative(path: Path) -> str:
+    """`isaaclab_so101/...`: where an installed file sits inside its package, the same on every machine."""
+    import isaaclab_so101
+
+    package = Path(isaaclab_so101.__file__).resolve().parent
+    try:
+        return f"isaaclab_so101/{Path(path).resolve().relative_to(package).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
 def official_robot_usd() -> Path:
     """The official SO-101 USD (UsdPhysics joints + drives) shipped by the `isaaclab-so101` package."""
     from isaaclab_so101.constants import USD_PATH
@@ -208,12 +219,11 @@ def compile_workcell(cfg: WorkcellConfig, out_dir: Path, *, progress=None) -> Pa
     mujoco.MjModel.from_xml_path(str(xml_path))  # fail here, not at load time, if anything is inconsistent
     usd = official_robot_usd()
     meta = {
-        "robot_usd": str(usd),
+        "robot_usd": package_relative(usd),
         "robot_usd_md5": file_md5(usd),
         "joints_sim": list(SIM_JOINTS),
         "joints_lerobot": list(LEROBOT_JOINT_NAMES),
         "cameras": ["front", "wrist"],
-        "workcell_config": cfg.model_dump(mode="json"),
     }
     (out_dir / WORKCELL_JSON).write_text(json.dumps(meta, indent=2))
     return xml_path

@@ -4,18 +4,18 @@ Framework-free: a recipe and an output folder in, files and metrics out. Writes 
   workcell.xml, meshes/, workcell.json   the MuJoCo scene compiled from the official SO-101 USD
   preview.png                             the `front` and `wrist` cameras at the start of a few episodes
   metrics.json                            the expert's success rate over `expert.eval_episodes` seeds (+ Wilson CI)
+  config.json                             the `workcell` and `expert` recipe sections it was built with
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.common.artifacts import replace_dir, staging_dir
+from pipeline.common.artifacts import replace_dir, staging_dir, write_config, write_metrics
 from pipeline.common.recipe import Recipe
 from pipeline.common.stats import wilson_interval
 
@@ -77,7 +77,9 @@ def build_sim_workcell(recipe: Recipe, out_dir: Path, log=print) -> dict:
     log(f"evaluating the scripted expert on {recipe.expert.eval_episodes} seeded cube poses")
     metrics = {"build_seconds": round(build_s, 1), **evaluate_expert(xml_path, recipe)}
     metrics["expert_min_success_rate"] = recipe.expert.min_success_rate
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_config(staging, {"workcell": recipe.workcell.model_dump(mode="json"),
+                           "expert": recipe.expert.model_dump(mode="json")})
+    write_metrics(staging, metrics)
     replace_dir(staging, out_dir)
     return metrics
 
