@@ -4,7 +4,7 @@
     PYTHONPATH=. python3 bench/multi_gpu.py --stage bc --gpus 2 --demos DEMOS   # lerobot via accelerate launch
 
 Each stage runs twice from a fresh work folder with the same recipe but `gpus` (the project's params.yaml with the
-bench's overrides below): first 1, then N. The figures come from the stages' own metrics.json:
+bench's overrides below): first 1, then N. The figures come from the stages' own metrics (with their timings):
   bc: lerobot-train's samples/s (median over its log steps, all processes counted), training wall time, final loss,
       held-out action error; the effective batch is batch_size x gpus, so steps x batch differ (same step count).
   rl: PPO env-steps/s over all GPUs (num_envs per GPU), and BC vs BC + residual twin success on the same seeds.
@@ -54,11 +54,13 @@ def run_bc(params: Path, demos: Path, workcell_xml: Path, work: Path) -> dict:
 
 
 def run_rl(params: Path, twin: Path, bc: Path, work: Path) -> dict:
+    from pipeline.rl.stage import read_metrics
+
     command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(params), "--twin", str(twin), "--bc",
                str(bc), "--out", str(work / "rl"), "--runs", str(work / "runs"), "--device", "cuda"]
     t = time.perf_counter()
     subprocess.run(command, check=True)
-    metrics = json.loads((work / "rl" / "metrics.json").read_text())
+    metrics = read_metrics(work / "rl")  # + the run's wall-clock figures, kept out of the artifact
     s = metrics["twin_success"]
     return {"env_steps_per_s": metrics["train_env_steps_per_s"], "train_s": metrics["train_seconds"],
             "wall_s": time.perf_counter() - t, "envs": metrics["num_envs"],

@@ -1,6 +1,5 @@
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests_helpers import ROOT  # the project root (tests/ sits one level below it)
 
 
 
@@ -57,7 +56,7 @@ def recorded(small_recipe, workcell_xml, tmp_path_factory):
     return root
 
 
-# --- a synthetic twin: a 60x80 cm table top, a fixed bin and a 25 mm cube (tests/test_twin.py, tests/test_rl.py) ---
+# --- a synthetic twin: a 60x80 cm table top, a fixed bin and a 25 mm cube (tests/stages/twin, tests/stages/rl, tests/stages/eval, tests/orchestration) ---
 
 def _box_obj(path, size, centre):
     import trimesh

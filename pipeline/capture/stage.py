@@ -16,6 +16,8 @@ convention: camera x right, y up, looking down -z):
 Sources (params `capture.source`): `sim` renders the sim workcell; `posed` copies a folder that already holds
 transforms.json + images; `images` / `video` are posed with COLMAP and aligned with a ChArUco board
 (`pipeline.capture.sfm`).
+
+User guide: docs/capture.md.
 """
 
 from __future__ import annotations

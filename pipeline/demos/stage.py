@@ -6,6 +6,8 @@ Sources (`demos.source` in params.yaml):
   local  a LeRobot v3.0 dataset folder (e.g. from `lerobot-record`)
   hub    a Hugging Face dataset repo id (needs network; offline it is a clear error)
 Everything is written and read through lerobot's `LeRobotDataset` API; merging uses lerobot's `merge_datasets`.
+
+User guide: docs/demos.md.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ odd k, so drift (battery, lighting, wear) does not favour either. Every rollout 
 
 Writes `reports/eval/`: report.html (self-contained), report.md, metrics.json, figures/*.png,
 rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome), config.json.
+
+User guide: docs/eval.md.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Writes to `out_dir`:
   metrics.json       Chamfer to ground truth, counts, gate inputs, timings
   preview.png        the hulls drawn over capture photos, and a 3D view
   config.json        the recipe section and the md5s of the splat and capture it was made from
+
+User guide: docs/mesh.md.
 """
 
 from __future__ import annotations

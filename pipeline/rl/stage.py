@@ -14,6 +14,8 @@ Writes to `out_dir` (models/rl):
   policy_manifest.json  how to run "BC + residual": BC checkpoint + md5, alpha, clip, observation/action spec
   metrics.json        env-steps/s, training curve, BC vs BC + residual twin success (Wilson 95 %) on held-out seeds
   training.png, evaluation.png
+
+User guide: docs/rl.md.
 """
 
 from __future__ import annotations
@@ -183,6 +185,13 @@ def build_rl_policy(recipe: Recipe, twin_dir: Path, bc_dir: Path, out_dir: Path,
     return metrics
 
 
+def read_metrics(out_dir: Path) -> dict:
+    """A finished run's metrics.json with its wall-clock figures merged back in (they stay out of the artifact: the
+    run left them in its work folder, relative to the project root it ran in)."""
+    metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
+    return with_timings(metrics, read_timings(Path(metrics["work_dir"]) / "timings.json"))
+
+
 def _act(policy, obs):
     import torch
 
@@ -265,9 +274,7 @@ def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int
         recipe = load_recipe(args.params)
         if recipe.rl.gpus > 1:
             launch_distributed(recipe.rl.gpus, argv if argv is not None else sys.argv[1:], args.device)
-            metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-            # the wall-clock figures stay out of the artifact: rank 0 left them in the work folder
-            metrics = with_timings(metrics, read_timings(Path(metrics["work_dir"]) / "timings.json"))
+            metrics = read_metrics(Path(args.out))
         else:
             metrics = build_rl_policy(recipe, Path(args.twin), Path(args.bc), Path(args.out), Path(args.runs),
                                       device=args.device, log=reporter.info)

@@ -13,6 +13,8 @@ Writes to `out_dir`:
   holdout.png         held-out views: photo | render | error
   training.png        loss, training PSNR and Gaussian count over the steps; train_log.jsonl: the same, raw
   config.json         the recipe section, capture md5, renderer and device that made it
+
+User guide: docs/splat.md.
 """
 
 from __future__ import annotations

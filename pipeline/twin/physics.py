@@ -216,7 +216,7 @@ def settle(usd_path: Path, seconds: float, device: str = "cpu", progress=None, t
                          "start": start_q[b, :3].tolist(), "end": end_q[b, :3].tolist()}
     joint_error = np.degrees(np.abs(s0.joint_q.numpy()[twin.robot_dofs] - home))
     return {
-        "sim_seconds": seconds, "steps": steps, "physics_dt": twin.physics_dt,
+        "simulated_s": seconds, "steps": steps, "physics_dt": twin.physics_dt,
         "objects": objects,
         "penetration_start_mm": pen0 * 1e3, "penetration_start_where": where0,
         "penetration_end_mm": pen1 * 1e3, "penetration_end_where": where1,
@@ -235,7 +235,7 @@ def settle_problems(result: dict, cfg) -> list[str]:
         if o["drift_mm"] > cfg.max_settle_drift_mm:
             problems.append(f"{name} moved {o['drift_mm']:.1f} mm while settling (max {cfg.max_settle_drift_mm})")
         if o["speed_m_s"] > cfg.max_rest_speed_m_s:
-            problems.append(f"{name} still moves at {o['speed_m_s']:.3f} m/s after {result["sim_seconds"]} s")
+            problems.append(f"{name} still moves at {o['speed_m_s']:.3f} m/s after {result["simulated_s"]} s")
     for when in ("start", "end"):
         depth = result[f"penetration_{when}_mm"]
         if depth > cfg.max_penetration_mm:

@@ -15,6 +15,8 @@ Writes to `out_dir`:
   metrics.json                everything above and the gate inputs (timings are reported, not written)
   preview.png, replay.png     capture photos vs twin renders; recorded vs replayed joints
   config.json                 the recipe section and the md5 of every input
+
+User guide: docs/twin.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Framework-free: a recipe and an output folder in, files and metrics out. Writes 
   preview.png                             the `front` and `wrist` cameras at the start of a few episodes
   metrics.json                            the expert's success rate over `expert.eval_episodes` seeds (+ Wilson CI)
   config.json                             the `workcell` and `expert` recipe sections it was built with
+
+User guide: docs/workcell.md.
 """
 
 from __future__ import annotations

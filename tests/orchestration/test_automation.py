@@ -6,15 +6,10 @@ test; see the README's known constraints), so the demos here carry state and act
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 import time
 
 import dagster as dg
 import yaml
-
-from tests_helpers import ROOT
 
 
 def _folder_md5(folder):
@@ -24,7 +19,8 @@ def _folder_md5(folder):
     return digest.hexdigest()
 
 
-def test_new_demos_retrain_only_the_policy_chain(tmp_path, recorded, small_recipe, workcell_xml, synthetic_twin):
+def test_new_demos_retrain_only_the_policy_chain(tmp_path, recorded, small_recipe, workcell_xml, synthetic_twin,
+                                                 tiny_project):
     from assets import ALL_ASSETS, ALL_CHECKS
     from assets.demos import demos, demos_inbox_sensor, demos_quality, nightly_retrain
     from pipeline.demos.checks import DemoData
@@ -32,24 +28,15 @@ def test_new_demos_retrain_only_the_policy_chain(tmp_path, recorded, small_recip
     from pipeline.common.lineage import trace
     from resources import ProjectPaths, default_resources
 
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "pipeline", ".gitignore"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
-    recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
-    recipe["workcell"]["cameras"].update(width=64, height=48)
-    recipe["demos"].update(source="local", local_path=str(recorded), state_only=True, episodes=2)
-    recipe["demos"]["checks"]["min_episodes"] = 2
-    recipe["bc"].update(steps=4, save_freq=2, log_freq=1, batch_size=4, held_out_episodes=1, eval_episodes=2)
-    recipe["rl"].update(num_envs=2, iterations=1, steps_per_env=2, eval_episodes=2, episode_seconds=0.5)
-    recipe["eval"].update(pairs=1, episode_seconds=0.5, failure_examples=1)
-    recipe["project"]["dvc_remote"] = ""
-    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
-    shutil.copytree(workcell_xml.parent, project / "models" / "workcell")
-    shutil.copytree(synthetic_twin["path"].parent, project / "models" / "twin")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    project = tiny_project(tmp_path / "project", {
+        "workcell": {"cameras": {"width": 64, "height": 48}},
+        "demos": {"source": "local", "local_path": str(recorded), "state_only": True, "episodes": 2,
+                  "checks": {"min_episodes": 2}},
+        "bc": {"steps": 4, "save_freq": 2, "log_freq": 1, "batch_size": 4, "held_out_episodes": 1, "eval_episodes": 2},
+        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5},
+        "eval": {"pairs": 1, "episode_seconds": 0.5, "failure_examples": 1},
+        "project": {"dvc_remote": ""},
+    }, models={"models/workcell": workcell_xml.parent, "models/twin": synthetic_twin["path"].parent})
     resources = default_resources(str(project))
     assert dg.materialize([demos, demos_quality], resources=resources).success
     twin_before = _folder_md5(project / "models" / "twin")

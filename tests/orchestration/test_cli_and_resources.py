@@ -62,22 +62,3 @@ def test_real_robot_needs_a_port():
     with pytest.raises(ValueError, match="robot.port is empty"):
         RobotConnection(kind="so101_follower").describe()
     assert "/dev/ttyACM0" in RobotConnection(kind="so101_follower", port="/dev/ttyACM0").describe()
-
-
-def test_failed_workcell_build_keeps_the_previous_one(tmp_path, monkeypatch, recipe):
-    import pipeline.workcell.build as build
-    from pipeline.workcell.stage import build_sim_workcell
-
-    out = tmp_path / "workcell"
-    out.mkdir()
-    (out / "workcell.xml").write_text("<mujoco/>")
-
-    def broken_compile(cfg, out_dir, progress=None):
-        out_dir.mkdir(parents=True)
-        (out_dir / "workcell.xml").write_text("half-written")
-        raise RuntimeError("simulated crash mid-build")
-
-    monkeypatch.setattr(build, "compile_workcell", broken_compile)
-    with pytest.raises(RuntimeError, match="mid-build"):
-        build_sim_workcell(recipe, out, log=lambda msg: None)
-    assert (out / "workcell.xml").read_text() == "<mujoco/>"

@@ -1,6 +1,6 @@
 """Deployment profiles: the same Definitions locally and on Kubernetes (dagster-k8s), GPU requests from the recipe,
-the Postgres instance config, an object-store DVC remote (a local S3 endpoint, moto), and the multi-GPU launchers'
-refusals on a machine without the GPUs."""
+the Postgres instance config and an object-store DVC remote (a local S3 endpoint, moto). The multi-GPU launchers'
+refusals on a machine without the GPUs: tests/common/test_multi_gpu.py."""
 
 import json
 import os
@@ -153,21 +153,18 @@ def s3_endpoint(monkeypatch):
     server.stop()
 
 
-def test_stage_outputs_push_to_an_object_store_and_pull_back(tmp_path, s3_endpoint):
+def test_stage_outputs_push_to_an_object_store_and_pull_back(tmp_path, s3_endpoint, tiny_project):
     from resources import DvcResource, ProjectPaths
 
     url, s3 = s3_endpoint
-    project = tmp_path / "project"
-    project.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["project"]["dvc_remote"] = "../local-store"  # the recipe's local default: the profile overrides it
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    # no code copied: a one-stage dvc.yaml of its own
+    project = tiny_project(tmp_path / "project", {
+        "project": {"dvc_remote": "../local-store"},  # the recipe's local default: the profile overrides it
+    }, code=())
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {"cmd": "true", "outs": ["out"]}}}))
     (project / "out").mkdir()
     (project / "out" / "a.txt").write_text("the stage's output\n")
     (project / "out" / "b.bin").write_bytes(bytes(range(256)) * 40)
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=project, check=True)
 
     dvc = DvcResource(paths=ProjectPaths(root=str(project)), remote_url="s3://twinloop-dvc/store",
                       s3_endpoint_url=url)
@@ -188,21 +185,3 @@ def test_stage_outputs_push_to_an_object_store_and_pull_back(tmp_path, s3_endpoi
     assert pulled.returncode == 0, pulled.stderr
     for name in ("a.txt", "b.bin"):
         assert (clone / "out" / name).read_bytes() == (project / "out" / name).read_bytes()
-
-
-def test_multi_gpu_recipes_refused_without_the_gpus(tmp_path):
-    """bc.gpus / rl.gpus > 1 on a machine without that many CUDA devices: a clear error before any work starts."""
-    import torch
-
-    from pipeline.bc.stage import BcRun, launch_data_parallel
-    from pipeline.rl.env_cfg import RlError
-    from pipeline.rl.stage import launch_distributed
-
-    have = torch.cuda.device_count()
-    run = BcRun(recipe={}, demos_root="", workcell_xml="", work_dir=str(tmp_path), out_dir=str(tmp_path / "out"),
-                device="auto", train_episodes=[0], held_out_episodes=[1])
-    with pytest.raises(RuntimeError, match=f"bc.gpus is {have + 1}, but torch sees {have} CUDA device"):
-        launch_data_parallel(run, have + 1, "cuda" if have else "cpu")
-    with pytest.raises(RlError, match=f"rl.gpus is {have + 1}"):
-        launch_distributed(have + 1, [], "cuda" if have else "cpu")
-    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""The `sim_workcell` asset end to end: Dagster materialization -> stage -> DVC commit -> data version."""
+"""The `sim_workcell` asset end to end: Dagster materialization -> stage -> DVC commit -> data version; then the
+assets downstream of it on the same project, and `rl_policy` on a project of its own."""
 
 import json
 import os
@@ -11,29 +12,21 @@ import dagster as dg
 import pytest
 import yaml
 
-from tests_helpers import ROOT
-
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_project):
     """A throw-away copy of the project (git + DVC repo) with a small recipe, so the test never touches ./models."""
     tmp_path = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore", "pipeline", ".gitignore"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
-    recipe["expert"]["eval_episodes"] = 4
-    recipe["workcell"]["cameras"].update(width=64, height=48)
-    recipe["demos"].update(episodes=2)
-    recipe["demos"]["checks"]["min_episodes"] = 2
-    recipe["bc"].update(steps=4, save_freq=2, log_freq=1, batch_size=4, held_out_episodes=1, eval_episodes=2)
-    recipe["capture"].update(views=16, width=64, height=48, min_images=8)
-    recipe["splat"].update(iterations=30, holdout_every=4, init_points=1500, log_every=10, min_holdout_psnr_db=10.0)
-    recipe["project"]["dvc_remote"] = str(tmp_path / "remote")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(recipe))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    return tmp_path
+    return tiny_project(tmp_path, {
+        "expert": {"eval_episodes": 4},
+        "workcell": {"cameras": {"width": 64, "height": 48}},
+        "demos": {"episodes": 2, "checks": {"min_episodes": 2}},
+        "bc": {"steps": 4, "save_freq": 2, "log_freq": 1, "batch_size": 4, "held_out_episodes": 1, "eval_episodes": 2},
+        "capture": {"views": 16, "width": 64, "height": 48, "min_images": 8},
+        "splat": {"iterations": 30, "holdout_every": 4, "init_points": 1500, "log_every": 10,
+                  "min_holdout_psnr_db": 10.0},
+        "project": {"dvc_remote": str(tmp_path / "remote")},
+    })
 
 
 def test_materialize_commits_to_dvc_and_sets_data_version(project):
@@ -193,6 +186,28 @@ def test_usd_twin_asset(project):
         assert evaluations[name].passed, evaluations[name].description
     assert (project / "models" / "twin" / "twin.usd").is_file()
     assert (project / "models" / "twin" / "robot" / "so101.usd").is_file()
+
+
+def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_twin, tiny_bc, tiny_project):
+    """The Dagster asset in a throw-away DVC project holding the generated twin and the tiny BC checkpoint (its own
+    project, not the chain's above: the twin here is the synthetic one, tests/conftest.py's)."""
+    from assets.rl import residual_not_worse_than_bc, rl_policy, rl_policy_is_loadable
+    from resources import default_resources
+
+    project = tiny_project(tmp_path / "project", {
+        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5},
+        "project": {"dvc_remote": ""},
+    }, models={"models/twin": synthetic_twin["path"].parent, "models/bc": tiny_bc[0]})
+
+    result = dg.materialize([rl_policy, rl_policy_is_loadable, residual_not_worse_than_bc],
+                            resources=default_resources(str(project)))
+    assert result.success
+    mat = result.asset_materializations_for_node("rl_policy")[0]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert mat.tags["dagster/data_version"] == lock["stages"]["rl_policy"]["outs"][0]["md5"]
+    assert "| BC alone | " in mat.metadata["twin_success"].value
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["rl_policy_is_loadable"].passed
 
 
 def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):

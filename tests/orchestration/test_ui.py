@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -43,26 +42,17 @@ def _dismiss_dialogs(page) -> None:
 
 
 @pytest.mark.slow
-def test_ui_shows_every_asset_and_materializes_demos(tmp_path, workcell_xml):
+def test_ui_shows_every_asset_and_materializes_demos(tmp_path, workcell_xml, tiny_project):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
     from playwright.sync_api import sync_playwright
 
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pipeline"):  # pipeline/: the stages' code deps
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
-    recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
-    recipe["workcell"]["cameras"].update(width=64, height=48)
-    recipe["demos"].update(episodes=2)
-    recipe["demos"]["checks"]["min_episodes"] = 2
-    recipe["project"]["dvc_remote"] = ""
-    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
-    shutil.copytree(workcell_xml.parent, project / "models" / "workcell")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    project = tiny_project(tmp_path / "project", {
+        "workcell": {"cameras": {"width": 64, "height": 48}},
+        "demos": {"episodes": 2, "checks": {"min_episodes": 2}},
+        "project": {"dvc_remote": ""},
+    }, models={"models/workcell": workcell_xml.parent})
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "resources" / "dagster.yaml", home / "dagster.yaml")

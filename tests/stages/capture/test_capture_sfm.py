@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.capture.stage import Capture, CaptureError, look_at_camera_to_world
 from pipeline.capture.sfm import _BoardView, _fit_board_from_world, pose_with_colmap
-from pipeline.common.recipe import BoardConfig, CaptureConfig
+from pipeline.capture.config import BoardConfig, CaptureConfig
 
 WIDTH, HEIGHT, FOCAL = 480, 360, 400.0  # small: SIFT + matching + mapping dominate the test time
 K_TRUE = np.array([[FOCAL, 0, WIDTH / 2], [0, FOCAL, HEIGHT / 2], [0, 0, 1]])  # pixel centres at +0.5 (COLMAP)

@@ -9,9 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.demos.checks import CHECK_SPECS, DemoData, failures, run_checks
-from tests_helpers import ROOT
-
-REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
+from tests_helpers import REAL_RECORDING as REAL
 
 
 @pytest.fixture

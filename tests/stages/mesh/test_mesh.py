@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.common.recipe import MeshConfig, Recipe
+from pipeline.common.recipe import Recipe
+from pipeline.mesh.config import MeshConfig
 from pipeline.splat.rasterize import rasterize_torch, render_surface_depth
 
 TABLE_Z, CUBE = 0.05, 0.03
@@ -129,7 +130,7 @@ def test_synthetic_scene_recovers_plane_height_and_cube_size(tmp_path):
     visual = trimesh.load(out / "scene_visual.obj", force="mesh")
     assert len(visual.faces) > 1000 and visual.bounds[1][2] < TABLE_Z + CUBE + 0.01
     assert (out / "preview.png").stat().st_size > 10_000
-    config = json.loads((out / "mesh_config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     assert config["mesh"]["expected_objects"] == 1 and len(config["splat_md5"]) == 32
 
 

@@ -106,37 +106,3 @@ def test_training_writes_a_checkpoint_exports_the_actor_and_resumes(tmp_path, sy
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_iteration"] == 2 and metrics["train_env_steps"] == 1 * 4 * 4
-
-
-def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_twin, tiny_bc):
-    """The Dagster asset in a throw-away DVC project holding the generated twin and the tiny BC checkpoint."""
-    import shutil
-
-    import dagster as dg
-
-    from assets.rl import residual_not_worse_than_bc, rl_policy, rl_policy_is_loadable
-    from resources import default_resources
-
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "pipeline", ".gitignore"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, project / name)
-    shutil.copytree(synthetic_twin["path"].parent, project / "models" / "twin")
-    shutil.copytree(tiny_bc[0], project / "models" / "bc")
-    recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
-    recipe["rl"].update(num_envs=2, iterations=1, steps_per_env=2, eval_episodes=2, episode_seconds=0.5)
-    recipe["project"]["dvc_remote"] = ""
-    (project / "params.yaml").write_text(yaml.safe_dump(recipe))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
-
-    result = dg.materialize([rl_policy, rl_policy_is_loadable, residual_not_worse_than_bc],
-                            resources=default_resources(str(project)))
-    assert result.success
-    mat = result.asset_materializations_for_node("rl_policy")[0]
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert mat.tags["dagster/data_version"] == lock["stages"]["rl_policy"]["outs"][0]["md5"]
-    assert "| BC alone | " in mat.metadata["twin_success"].value
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert checks["rl_policy_is_loadable"].passed

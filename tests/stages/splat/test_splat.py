@@ -201,16 +201,6 @@ def test_ply_reader_refuses_what_is_not_a_splat(tmp_path):
         load_ply(tmp_path / "text.ply")
 
 
-def test_ascii_ply_reads(tmp_path):
-    from pipeline.common.ply import read_ply
-
-    path = tmp_path / "a.ply"
-    path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty uchar red\nend_header\n"
-                    "0.5 10\n-1.25 255\n")
-    v = read_ply(path)
-    assert v["x"].tolist() == [0.5, -1.25] and v["red"].tolist() == [10, 255] and v["red"].dtype == np.uint8
-
-
 def crash_at(step: int):
     """A log callback that kills the training run when it reports `step` (as an interrupt would)."""
     def log(message: str) -> None:
@@ -247,7 +237,7 @@ def test_tiny_scene_trains_beyond_its_initialization_and_resumes_exactly(tiny_re
     assert metrics["holdout_views"] == [0, 4, 8, 12]
     assert metrics["holdout_psnr_db"] > metrics["initial_holdout_psnr_db"] + 1.0
     for name in ("splat.ply", "metrics.json", "holdout.png", "training.png", "train_log.jsonl",
-                 "splat_config.json"):
+                 "config.json"):
         assert (tmp_path / "splat" / name).is_file(), name
     log = [json.loads(line) for line in (tmp_path / "splat" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]

@@ -1,4 +1,3 @@
-from pipeline.common.stats import wilson_interval
 from pipeline.workcell.stage import evaluate_expert
 
 
@@ -7,12 +6,6 @@ def test_expert_success_rate_over_20_seeds(workcell_xml, recipe):
     print("expert:", metrics)
     assert metrics["expert_episodes"] == 20
     assert metrics["expert_success_rate"] >= 0.9, metrics
-
-
-def test_wilson_interval_known_values():
-    low, high = wilson_interval(18, 20)
-    assert abs(low - 0.699) < 1e-3 and abs(high - 0.972) < 1e-3
-    assert wilson_interval(0, 10)[0] == 0.0
 
 
 def test_expert_actions_are_smooth_and_in_range(workcell, recipe):

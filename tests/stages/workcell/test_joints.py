@@ -4,9 +4,7 @@ import pytest
 from isaaclab_so101.constants import JOINT_LIMITS_DEG
 
 from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, lerobot_to_sim, sim_to_lerobot
-from tests_helpers import ROOT
-
-REAL = ROOT.parent / "shared" / "data" / "so101-real-pickplace"
+from tests_helpers import REAL_RECORDING as REAL
 
 
 def test_round_trip_both_ways():

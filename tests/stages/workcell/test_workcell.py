@@ -2,6 +2,7 @@ import json
 
 import mujoco
 import numpy as np
+import pytest
 from isaaclab_so101.constants import JOINT_LIMITS_DEG
 from pxr import Usd, UsdPhysics
 
@@ -70,3 +71,22 @@ def test_same_seed_same_cube_pose(workcell):
     b = workcell.reset(seed=11)
     c = workcell.reset(seed=12)
     assert a == b and a != c
+
+
+def test_failed_workcell_build_keeps_the_previous_one(tmp_path, monkeypatch, recipe):
+    import pipeline.workcell.build as build
+    from pipeline.workcell.stage import build_sim_workcell
+
+    out = tmp_path / "workcell"
+    out.mkdir()
+    (out / "workcell.xml").write_text("<mujoco/>")
+
+    def broken_compile(cfg, out_dir, progress=None):
+        out_dir.mkdir(parents=True)
+        (out_dir / "workcell.xml").write_text("half-written")
+        raise RuntimeError("simulated crash mid-build")
+
+    monkeypatch.setattr(build, "compile_workcell", broken_compile)
+    with pytest.raises(RuntimeError, match="mid-build"):
+        build_sim_workcell(recipe, out, log=lambda msg: None)
+    assert (out / "workcell.xml").read_text() == "<mujoco/>"
