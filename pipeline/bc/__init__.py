@@ -1,0 +1,1 @@
+"""Stage `bc_policy`: behaviour cloning with lerobot's own trainer, then measured (docs/bc.md)."""

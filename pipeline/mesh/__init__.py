@@ -1,0 +1,1 @@
+"""Stage `collision_mesh`: collision geometry from the splat (docs/mesh.md)."""
