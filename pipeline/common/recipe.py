@@ -12,6 +12,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+# each stage owns its recipe section's class (pipeline/<stage>/config.py); the recipe assembles them
+from pipeline.bc.config import BcConfig
+from pipeline.capture.config import CaptureConfig
+from pipeline.demos.config import DemosConfig
+from pipeline.eval.config import EvalConfig
+from pipeline.mesh.config import MeshConfig
+from pipeline.rl.config import RlConfig
+from pipeline.splat.config import SplatConfig
+from pipeline.twin.config import TwinConfig
+from pipeline.workcell.config import ExpertConfig, WorkcellConfig
 from pipeline.common.sections import Section
 
 
@@ -19,18 +29,6 @@ class ProjectConfig(Section):
     """Where DVC pushes artifacts (a relative path resolves against the project root: outside the work tree)."""
 
     dvc_remote: str = Field("../twinloop-dvc-store", description="path or URL of the default DVC remote; '' = none")
-
-
-# each stage owns its recipe section's class (pipeline/<stage>/config.py); the recipe assembles them
-from pipeline.bc.config import BcConfig  # noqa: E402
-from pipeline.capture.config import CaptureConfig  # noqa: E402
-from pipeline.demos.config import DemosConfig  # noqa: E402
-from pipeline.eval.config import EvalConfig  # noqa: E402
-from pipeline.mesh.config import MeshConfig  # noqa: E402
-from pipeline.rl.config import RlConfig  # noqa: E402
-from pipeline.splat.config import SplatConfig  # noqa: E402
-from pipeline.twin.config import TwinConfig  # noqa: E402
-from pipeline.workcell.config import ExpertConfig, WorkcellConfig  # noqa: E402
 
 
 class Recipe(Section):
