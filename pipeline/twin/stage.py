@@ -128,16 +128,18 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
 
     sources = {"demos": Path(demos_dir) if demos_dir else None,
                "real": (Path(root) / cfg.real_recording) if cfg.real_recording else None}
+    # as the recipe names them (a recording outside the project stays relative to it, not to this machine's root)
+    labels = {"demos": portable(demos_dir, root) if demos_dir else None, "real": cfg.real_recording}
     for name, source in sources.items():
         if source is None or not (source / "meta" / "info.json").is_file():
             metrics["replay"][name] = {"measured": False,
-                                       "why": f"no LeRobot dataset at {portable(source, root)}" if source else "not configured"}
+                                       "why": f"no LeRobot dataset at {labels[name]}" if source else "not configured"}
             continue
         log(f"replaying the {name} ({source}) open loop in the twin")
         t = time.perf_counter()
         runs[name] = replay_dataset(twin, source, cfg.replay_episodes if name == "demos" else 0,
                                     progress=_bar(f"replay {name}", progress))
-        metrics["replay"][name] = {"measured": True, "dataset": portable(source, root), **summarize(runs[name]),
+        metrics["replay"][name] = {"measured": True, "dataset": labels[name], **summarize(runs[name]),
                                    "seconds": round(time.perf_counter() - t, 1)}
     if runs:
         replay_figure(runs, staging / "replay.png")
