@@ -1,9 +1,15 @@
 """Quality checks of a LeRobot v3.0 demonstration dataset — the door every demo batch passes through.
 
-Blocking (a failure stops everything downstream): schema, timing, finite values, joint limits, videos, episode count.
-Warnings: idle episodes, state lagging the action, near-duplicate episodes. Every message names the episode, frame
-and feature at fault. Metadata is read with lerobot's `LeRobotDatasetMetadata`, frames with lerobot's own parquet
-loader — never the raw file layout — so a dataset with missing videos can still be diagnosed.
+Blocking (a failure stops everything downstream): schema, timing, finite values, joint limits, videos (files present,
+first and last frame of each episode decode with lerobot's decoder), video frames (every frame of every camera
+decodes and matches its parquet timestamp: frames.py), episode count. Warnings: idle episodes, state lagging the
+action, near-duplicate episodes. Every message names the episode, frame and feature at fault. Metadata is read with
+lerobot's `LeRobotDatasetMetadata`, frames with lerobot's own parquet loader — never the raw file layout — so a
+dataset with missing videos can still be diagnosed. A check never raises: what it could not read is its finding,
+and a check that needs a feature the dataset lacks says so (the schema check names the feature).
+
+`compatibility_problems` compares a batch with the dataset it would be merged into (fps, robot type, cameras,
+features, video encoding); the inbox reports it together with every check's findings.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 JOINT_FEATURES = ("observation.state", "action")
 #: (name, blocking) of every check `run_checks` performs, in order; the Dagster check specs are built from it.
 CHECK_SPECS = (("schema", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
-               ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
+               ("video_frames", True), ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
 
 
 @dataclass
@@ -29,6 +35,7 @@ class CheckOutcome:
     blocking: bool
     message: str
     details: dict = field(default_factory=dict)
+    ran: bool = True  # False: a feature it needs is missing (the schema check says which) or it could not run
 
 
 @dataclass
@@ -78,23 +85,49 @@ class DemoData:
         return missing
 
 
-def run_checks(data: DemoData, cfg: DemoChecksConfig, *, require_camera: bool = True) -> list[CheckOutcome]:
-    blocking = [
-        check_schema(data, require_camera),
-        check_timing(data, cfg),
-        check_finite(data),
-        check_joint_limits(data),
-        check_videos(data),
-        check_min_episodes(data, cfg),
-    ]
-    if not blocking[0].passed:  # without the expected features the other checks cannot read the data
-        return blocking
-    warnings = [check_idle(data, cfg), check_lag(data, cfg), check_duplicates(data, cfg)]
-    return blocking + warnings
+def run_checks(data: DemoData, cfg: DemoChecksConfig, *, require_camera: bool = True,
+               progress: bool = False) -> list[CheckOutcome]:
+    """Every check of CHECK_SPECS, in its order; each one runs whatever the others found."""
+    checks = {
+        "schema": lambda: check_schema(data, require_camera),
+        "timing": lambda: check_timing(data, cfg),
+        "finite_values": lambda: check_finite(data),
+        "joint_limits": lambda: check_joint_limits(data),
+        "videos": lambda: check_videos(data),
+        "video_frames": lambda: check_video_frames(data, progress=progress),
+        "min_episodes": lambda: check_min_episodes(data, cfg),
+        "idle_episodes": lambda: check_idle(data, cfg),
+        "state_action_lag": lambda: check_lag(data, cfg),
+        "near_duplicates": lambda: check_duplicates(data, cfg),
+    }
+    outcomes = []
+    for name, blocking in CHECK_SPECS:
+        try:
+            outcomes.append(checks[name]())
+        except Exception as exc:  # a check that cannot read the data has found a problem, not a reason to stop
+            outcomes.append(CheckOutcome(name, False, blocking, f"could not run: {type(exc).__name__}: {exc}",
+                                         {"problems": 1}, ran=False))
+    return outcomes
 
 
 def failures(outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
     return [o for o in outcomes if o.blocking and not o.passed]
+
+
+def reasons(outcomes: list[CheckOutcome]) -> list[str]:
+    """One line per failed blocking check; checks skipped for a missing feature are left to the schema's line."""
+    failed = failures(outcomes)
+    schema_failed = any(o.name == "schema" for o in failed)
+    return [f"{o.name}: {o.message}" for o in failed if o.ran or not schema_failed or "could not run" in o.message]
+
+
+def _skipped(name: str, blocking: bool, missing: list[str]) -> CheckOutcome:
+    return CheckOutcome(name, False, blocking, f"not run: feature {', '.join(map(repr, missing))} missing (see schema)",
+                        {"problems": 1}, ran=False)
+
+
+def _missing(data: DemoData, *keys: str) -> list[str]:
+    return [k for k in keys if k not in data.meta.features or k not in data.frames.columns]
 
 
 # --- blocking ---------------------------------------------------------------------------------------------------
@@ -121,6 +154,8 @@ def check_schema(data: DemoData, require_camera: bool) -> CheckOutcome:
 
 def check_timing(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
     fps = data.meta.fps
+    if not isinstance(fps, (int, float)) or fps <= 0:
+        return _outcome("timing", True, [f"meta/info.json fps is {fps!r}, not a positive number"], "")
     problems = []
     for ep, g in data.episodes():
         idx = g["frame_index"].to_numpy()
@@ -138,18 +173,23 @@ def check_timing(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
 
 
 def check_finite(data: DemoData) -> CheckOutcome:
+    present = [k for k in JOINT_FEATURES if not _missing(data, k)]
+    if not present:
+        return _skipped("finite_values", True, list(JOINT_FEATURES))
     problems = []
     for ep, g in data.episodes():
-        for key in JOINT_FEATURES:
+        for key in present:
             values = data.joints(g, key)
             bad = ~np.isfinite(values)
             if bad.any():
                 frame, joint = map(int, np.argwhere(bad)[0])
                 problems.append(f"episode {ep} frame {frame}: {key}[{LEROBOT_JOINT_NAMES[joint]}] = {values[frame, joint]}")
-    return _outcome("finite_values", True, problems, "no NaN/inf in observation.state or action")
+    return _outcome("finite_values", True, problems, f"no NaN/inf in {' or '.join(present)}")
 
 
 def check_joint_limits(data: DemoData) -> CheckOutcome:
+    if _missing(data, "action"):
+        return _skipped("joint_limits", True, ["action"])
     problems = []
     for ep, g in data.episodes():
         actions = data.joints(g, "action")
@@ -162,29 +202,46 @@ def check_joint_limits(data: DemoData) -> CheckOutcome:
     return _outcome("joint_limits", True, problems, "every action inside the SO-101 joint range")
 
 
-def check_videos(data: DemoData) -> CheckOutcome:
-    """Every declared video file exists and decodes at the first and last frame of every episode."""
+def check_videos(data: DemoData, episodes=None) -> CheckOutcome:
+    """Every declared video file exists and decodes, with lerobot's decoder, at the first and last frame of every
+    episode (or of those in `episodes`)."""
     from lerobot.datasets.video_utils import decode_video_frames
 
+    wanted = None if episodes is None else set(episodes)
     missing = data.missing_videos()
     problems = [f"episode {ep}: video '{key}' missing ({data.video_path(ep, key).relative_to(data.root)})"
-                for key, episodes in missing.items() for ep in episodes]
+                for key, eps in missing.items() for ep in eps if wanted is None or ep in wanted]
     for key in data.video_keys:
         for ep, g in data.episodes():
-            if ep in missing.get(key, []):
+            if ep in missing.get(key, []) or (wanted is not None and ep not in wanted):
                 continue
-            path = data.video_path(ep, key)
-            start = float(data.meta.episodes[ep][f"videos/{key}/from_timestamp"])
-            last = start + float(g["timestamp"].iloc[-1])
             try:
+                path = data.video_path(ep, key)
+                start = float(data.meta.episodes[ep][f"videos/{key}/from_timestamp"])
+                last = start + float(g["timestamp"].iloc[-1])
                 frames = decode_video_frames(path, [start, last], tolerance_s=1.5 / data.meta.fps)
                 if frames.shape[0] != 2:
                     raise ValueError(f"decoded {frames.shape[0]} of 2 frames")
             except Exception as exc:  # any decoder error is the finding
-                problems.append(f"episode {ep}: video '{key}' not decodable ({path.name}: {exc})")
+                problems.append(f"episode {ep}: video '{key}' first/last frame not decodable ({first_line(exc)})")
     summary = f"videos missing for {sorted(missing)}; " if missing else ""
-    return _outcome("videos", True, problems, f"{len(data.video_keys)} camera video(s) present and decodable",
-                    prefix=summary)
+    return _outcome("videos", True, problems, f"{len(data.video_keys)} camera video(s) present, first and last frame "
+                    "of every episode decodable", prefix=summary)
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
+def check_video_frames(data: DemoData, episodes=None, progress: bool = False) -> CheckOutcome:
+    """Every frame of every camera decodes, one per parquet row, at the row's timestamp (frames.py)."""
+    from pipeline.demos.frames import decode_every_frame
+
+    problems = decode_every_frame(data, episodes, progress=progress)
+    n = data.meta.total_frames if episodes is None else sum(len(g) for ep, g in data.episodes() if ep in set(episodes))
+    return _outcome("video_frames", True, problems, f"all {n} frames × {len(data.video_keys)} camera(s) decode at "
+                    "their parquet timestamps")
 
 
 def check_min_episodes(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
@@ -193,8 +250,50 @@ def check_min_episodes(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
     return _outcome("min_episodes", True, problems, f"{n} episodes ≥ {cfg.min_episodes}")
 
 
+# --- a batch against the dataset it joins -----------------------------------------------------------------------
+#: video encoding that a stream-copy merge needs identical (lerobot's merge concatenates without re-encoding)
+VIDEO_STREAM_KEYS = ("video.codec", "video.pix_fmt", "video.height", "video.width")
+
+
+def compatibility_problems(batch: DemoData, current: DemoData, current_name: str = "data/demos") -> list[str]:
+    """Why `batch` cannot be merged into `current`: every difference, not only the first."""
+    from lerobot.utils.constants import DEFAULT_FEATURES
+
+    problems = []
+    if batch.meta.fps != current.meta.fps:
+        problems.append(f"fps {batch.meta.fps} differs from {current_name} ({current.meta.fps})")
+    if batch.meta.robot_type != current.meta.robot_type:
+        problems.append(f"robot_type {batch.meta.robot_type!r} differs from {current_name} "
+                        f"({current.meta.robot_type!r})")
+    cams_b, cams_c = set(batch.camera_keys), set(current.camera_keys)
+    if cams_b != cams_c:
+        problems.append(f"cameras differ from {current_name}: the batch has {sorted(cams_b)}, {current_name} has "
+                        f"{sorted(cams_c)}" + (f" (missing {sorted(cams_c - cams_b)})" if cams_c - cams_b else "")
+                        + (f" (unknown {sorted(cams_b - cams_c)})" if cams_b - cams_c else ""))
+    fb, fc = batch.meta.features, current.meta.features
+    for key in sorted((set(fb) | set(fc)) - set(DEFAULT_FEATURES) - (cams_b ^ cams_c)):
+        a, b = fc.get(key), fb.get(key)
+        if a is None or b is None:
+            problems.append(f"feature '{key}' is {'only in the batch' if a is None else 'missing from the batch'}")
+            continue
+        for attr in ("dtype", "shape", "names"):
+            va, vb = a.get(attr), b.get(attr)
+            if attr == "shape":
+                va, vb = tuple(va or ()), tuple(vb or ())
+            if va != vb:
+                problems.append(f"feature '{key}' {attr} {vb} differs from {current_name} ({va})")
+        if a.get("dtype") == "video":
+            ia, ib = a.get("info") or {}, b.get("info") or {}
+            diff = [f"{k} {ib.get(k)} vs {ia.get(k)}" for k in VIDEO_STREAM_KEYS if ia.get(k) != ib.get(k)]
+            if diff:
+                problems.append(f"camera '{key}' is encoded differently from {current_name} ({', '.join(diff)})")
+    return problems
+
+
 # --- warnings ---------------------------------------------------------------------------------------------------
 def check_idle(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
+    if _missing(data, "action"):
+        return _skipped("idle_episodes", False, ["action"])
     problems = []
     for ep, g in data.episodes():
         arm = data.joints(g, "action")[:, :5]
@@ -206,6 +305,8 @@ def check_idle(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
 
 def check_lag(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
     """How many frames the measured state trails the commanded action (best-aligning shift, per episode)."""
+    if _missing(data, *JOINT_FEATURES):
+        return _skipped("state_action_lag", False, _missing(data, *JOINT_FEATURES))
     problems, lags = [], {}
     for ep, g in data.episodes():
         action, state = data.joints(g, "action")[:, :5], data.joints(g, "observation.state")[:, :5]
@@ -221,6 +322,8 @@ def check_lag(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
 
 
 def check_duplicates(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:
+    if _missing(data, "action"):
+        return _skipped("near_duplicates", False, ["action"])
     resampled = {}
     for ep, g in data.episodes():
         a = data.joints(g, "action")

@@ -1,7 +1,10 @@
 """The demo inbox: new LeRobot datasets dropped into `data/inbox/<batch>/` are screened, then merged into
 `data/demos` or quarantined in `data/inbox/rejected/<batch>/` with a REJECTED.txt saying why.
 
-A batch is refused before it is read when it is (or contains) a symlink or resolves outside the inbox.
+A batch is refused before it is read when it is (or contains) a symlink or resolves outside the inbox. Screening
+runs every check (every video frame decoded included) and the comparison with `data/demos`, and reports every
+reason at once; it never raises on bad input: whatever cannot be read is a reason. The merge is verified in staging
+before it replaces `data/demos` (stage.merge_into), so a refused merge leaves `data/demos` byte-identical.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline.common.recipe import Recipe
-from pipeline.demos.checks import DemoData, failures, run_checks
+from pipeline.demos.checks import DemoData, compatibility_problems, reasons, run_checks
 from pipeline.demos.stage import merge_into
 
 RESERVED = ("rejected", "accepted")
@@ -60,49 +63,52 @@ def path_problem(inbox: Path, name: str) -> str | None:
     return None
 
 
-def ingest_batch(inbox: Path, name: str, demos_root: Path, recipe: Recipe) -> dict:
-    """Screen batch `name`; merge it into `demos_root` (lerobot's merge) or quarantine it and raise BatchRejected."""
+def ingest_batch(inbox: Path, name: str, demos_root: Path, recipe: Recipe, progress: bool = False) -> dict:
+    """Screen batch `name`; merge it into `demos_root` (lerobot's merge, verified before it is published) or
+    quarantine it and raise BatchRejected."""
     inbox = Path(inbox)
-    reasons: list[str] = []
+    found: list[str] = []
     problem = path_problem(inbox, name)
     if problem:
-        reasons.append(problem)
+        found.append(problem)
     elif not (inbox / name).exists():
         raise FileNotFoundError(f"no batch {name!r} in {inbox}")
     else:
-        reasons += _content_problems(inbox / name, demos_root, recipe)
-    if reasons:
-        where = quarantine(inbox, name, reasons) if plain_name(name) else None  # never move what is not a batch
+        found += screen_batch(inbox / name, demos_root, recipe, progress=progress)
+    if not found:
+        try:
+            result = merge_into(demos_root, inbox / name, progress=progress)
+        except Exception as exc:  # the merge or its verification failed: data/demos was not replaced
+            found.append(f"merge: {type(exc).__name__}: {exc}")
+    if found:
+        where = quarantine(inbox, name, found) if plain_name(name) else None  # never move what is not a batch
         raise BatchRejected(f"batch {name!r} rejected" + (f" (moved to {where})" if where else "") + ": "
-                            + "; ".join(reasons))
-    before = DemoData.load(demos_root).meta.total_episodes
-    merge_into(demos_root, inbox / name)
+                            + "; ".join(found))
     accepted = inbox / "accepted" / _unique(inbox / "accepted", name)
     accepted.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(inbox / name), accepted)
-    return {"batch": name, "episodes_before": before,
-            "episodes_after": DemoData.load(demos_root).meta.total_episodes}
+    return {"batch": name, **result}
 
 
-def _content_problems(batch: Path, demos_root: Path, recipe: Recipe) -> list[str]:
+def screen_batch(batch: Path, demos_root: Path, recipe: Recipe, progress: bool = False) -> list[str]:
+    """Every reason `batch` may not join `demos_root`: the dataset checks and the comparison with the demos, all
+    reported together. Never raises: an error while reading or checking is itself a reason."""
     try:
         data = DemoData.load(batch)
     except Exception as exc:  # unreadable is a reason, not a crash
-        return [f"not a readable LeRobot dataset: {exc}"]
-    checks = recipe.demos.checks.model_copy(update={"min_episodes": 1})  # a batch may be small
-    reasons = [f"{o.name}: {o.message}" for o in failures(run_checks(data, checks,
-                                                                     require_camera=not recipe.demos.state_only))]
-    if not reasons and Path(demos_root, "meta", "info.json").is_file():
-        current = DemoData.load(demos_root)
-        if current.meta.fps != data.meta.fps:
-            reasons.append(f"fps {data.meta.fps} differs from data/demos ({current.meta.fps})")
-        for key in set(current.meta.features) | set(data.meta.features):
-            a, b = current.meta.features.get(key), data.meta.features.get(key)
-            if key in ("index", "episode_index", "frame_index", "timestamp", "task_index"):
-                continue
-            if a is None or b is None or a["dtype"] != b["dtype"] or tuple(a["shape"]) != tuple(b["shape"]):
-                reasons.append(f"feature '{key}' does not match data/demos ({b and b['shape']} vs {a and a['shape']})")
-    return reasons
+        return [f"not a readable LeRobot dataset: {type(exc).__name__}: {exc}"]
+    found = []
+    try:
+        if Path(demos_root, "meta", "info.json").is_file():
+            found += [f"compatibility: {p}" for p in compatibility_problems(data, DemoData.load(demos_root))]
+    except Exception as exc:
+        found.append(f"compatibility: could not compare with {demos_root}: {type(exc).__name__}: {exc}")
+    try:
+        checks = recipe.demos.checks.model_copy(update={"min_episodes": 1})  # a batch may be small
+        found += reasons(run_checks(data, checks, require_camera=not recipe.demos.state_only, progress=progress))
+    except Exception as exc:
+        found.append(f"checks: could not run: {type(exc).__name__}: {exc}")
+    return found
 
 
 def quarantine(inbox: Path, name: str, reasons: list[str]) -> Path:

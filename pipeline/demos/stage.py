@@ -171,24 +171,73 @@ def build_demos(recipe: Recipe, out_dir: Path, workcell_xml: Path | None = None)
     return result
 
 
-def merge_into(demos_root: Path, batch_root: Path) -> None:
-    """Append a batch dataset to the demos with lerobot's own merge tool (atomically)."""
+class MergeRefused(DemoInputError):
+    """The merged dataset failed its verification; the demos were left as they were."""
+
+
+def merge_into(demos_root: Path, batch_root: Path, progress: bool = False) -> dict:
+    """Append a batch dataset to the demos with lerobot's own merge tool, publishing the merge only once it is
+    verified (`verify_merged`): on any failure the staging copy is removed and `demos_root` is not touched."""
     from lerobot.datasets.dataset_tools import merge_datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    staging = staging_dir(demos_root)
-    merge_datasets([LeRobotDataset(DEMOS_REPO_ID, root=demos_root), LeRobotDataset(DEMOS_REPO_ID, root=batch_root)],
-                   output_repo_id=DEMOS_REPO_ID, output_dir=staging)
-    config_path = demos_root / CONFIG_FILE  # the settings the demos were built with, and every batch merged since
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {"merged_batches": []}
-    config["merged_batches"] = [*config.get("merged_batches", []), Path(batch_root).name]
-    write_config(staging, config)
-    replace_dir(staging, demos_root)
-    # lerobot keeps one open video decoder per file path for the whole process; the merged videos replaced the old
-    # files at the same paths, so without this, later reads in this process decode the old (shorter) files.
     from lerobot.datasets.video_utils import _default_decoder_cache
 
-    _default_decoder_cache.clear()
+    demos_root, batch_root = Path(demos_root), Path(batch_root)
+    current, batch = DemoData.load(demos_root), DemoData.load(batch_root)
+    staging = staging_dir(demos_root)
+    try:
+        merge_datasets([LeRobotDataset(DEMOS_REPO_ID, root=demos_root), LeRobotDataset(DEMOS_REPO_ID, root=batch_root)],
+                       output_repo_id=DEMOS_REPO_ID, output_dir=staging)
+        problems = verify_merged(staging, current, batch, progress=progress)
+        if problems:
+            raise MergeRefused("the merged dataset does not hold both datasets intact: " + "; ".join(problems[:10]))
+        config_path = demos_root / CONFIG_FILE  # the settings the demos were built with, and every batch merged since
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {"merged_batches": []}
+        config["merged_batches"] = [*config.get("merged_batches", []), batch_root.name]
+        write_config(staging, config)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        # lerobot keeps one open video decoder per file path for the whole process: drop those of the staging copy,
+        # and those of the old demos, whose paths the merged videos are about to take (later reads would decode the
+        # old, shorter files).
+        _default_decoder_cache.clear()
+    replace_dir(staging, demos_root)
+    return {"episodes_before": current.meta.total_episodes, "episodes_added": batch.meta.total_episodes,
+            "episodes_after": current.meta.total_episodes + batch.meta.total_episodes}
+
+
+def verify_merged(merged_root: Path, current: DemoData, batch: DemoData, progress: bool = False) -> list[str]:
+    """What is wrong with `merged_root` as `current` followed by `batch`: episode and frame counts are the sums, every
+    episode keeps its length, the batch's rows arrive unchanged, every frame of the new episodes decodes at its
+    timestamp and the first and last frame of every old episode still does."""
+    from pipeline.demos.checks import JOINT_FEATURES, check_video_frames, check_videos
+
+    merged = DemoData.load(merged_root)
+    n_old, n_new = current.meta.total_episodes, batch.meta.total_episodes
+    problems = []
+    if merged.meta.total_episodes != n_old + n_new:
+        problems.append(f"{merged.meta.total_episodes} episodes, expected {n_old} + {n_new}")
+    if merged.meta.total_frames != current.meta.total_frames + batch.meta.total_frames or \
+            len(merged.frames) != len(current.frames) + len(batch.frames):
+        problems.append(f"{merged.meta.total_frames} frames ({len(merged.frames)} rows), expected "
+                        f"{current.meta.total_frames} + {batch.meta.total_frames}")
+    lengths = {ep: len(g) for ep, g in merged.episodes()}
+    sources = [(ep, g) for ep, g in current.episodes()] + [(n_old + ep, g) for ep, g in batch.episodes()]
+    merged_groups = dict(merged.episodes())
+    for ep, g in sources:
+        if lengths.get(ep) != len(g):
+            problems.append(f"episode {ep}: {lengths.get(ep, 0)} frames after the merge, {len(g)} before")
+        elif ep >= n_old:
+            for key in JOINT_FEATURES:
+                if key in g and not np.array_equal(merged.joints(merged_groups[ep], key), batch.joints(g, key)):
+                    problems.append(f"episode {ep}: '{key}' differs from batch episode {ep - n_old}")
+    new_episodes = range(n_old, n_old + n_new)
+    for outcome in (check_video_frames(merged, new_episodes, progress=progress), check_videos(merged, range(n_old))):
+        if not outcome.passed:
+            problems.append(outcome.message)
+    return problems
 
 
 def summarize(root: Path) -> dict:

@@ -109,48 +109,6 @@ def test_idle_episode_is_a_warning_not_a_block(copy_of, small_recipe):
     assert not outcomes["idle_episodes"].blocking
 
 
-def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_recipe, tmp_path):
-    from pipeline.demos.inbox import BatchRejected, ingest_batch, pending_batches
-
-    demos_root = tmp_path / "demos"
-    shutil.copytree(recorded, demos_root)
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    shutil.copytree(recorded, inbox / "good")
-    shutil.copytree(recorded, inbox / "bad")
-    next((inbox / "bad" / "videos").rglob("*.mp4")).unlink()
-    (inbox / "linked").symlink_to(recorded)
-    assert pending_batches(inbox) == ["bad", "good", "linked"]
-
-    before = sorted(p.relative_to(demos_root) for p in demos_root.rglob("*"))
-    for name, reason in (("bad", "missing"), ("linked", "symlink")):
-        with pytest.raises(BatchRejected, match=reason):
-            ingest_batch(inbox, name, demos_root, small_recipe)
-        assert (inbox / "rejected" / name / "REJECTED.txt").read_text().count(reason) >= 1
-        assert sorted(p.relative_to(demos_root) for p in demos_root.rglob("*")) == before  # demos untouched
-    assert recorded.is_dir() and any(recorded.rglob("*.mp4"))  # the symlink's target was not moved
-    for name in ("../demos", "rejected"):
-        with pytest.raises(BatchRejected, match="plain folder name"):
-            ingest_batch(inbox, name, demos_root, small_recipe)
-    assert (inbox / "rejected" / "bad").is_dir()  # refusing a name moved nothing
-    assert pending_batches(inbox, settled_for_s=3600) == []  # just written: not settled yet
-
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    from pipeline.demos.stage import DEMOS_REPO_ID
-
-    batch_last = LeRobotDataset(DEMOS_REPO_ID, root=inbox / "good")[-1]
-    LeRobotDataset(DEMOS_REPO_ID, root=demos_root)[0]  # this process now holds the old videos open (lerobot's cache)
-    result = ingest_batch(inbox, "good", demos_root, small_recipe)
-    assert result["episodes_before"] == 2 and result["episodes_after"] == 4
-    # The new episodes' frames decode from the merged videos in the same process (it used to read the old files).
-    merged_last = LeRobotDataset(DEMOS_REPO_ID, root=demos_root)[-1]
-    for cam in (k for k in merged_last if k.startswith("observation.images.")):
-        assert np.array_equal(merged_last[cam].numpy(), batch_last[cam].numpy()), cam
-    assert (inbox / "accepted" / "good").is_dir() and pending_batches(inbox) == []
-    assert not failures(run_checks(DemoData.load(demos_root), small_recipe.demos.checks))
-
-
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared real SO-101 recording absent")
 def test_real_recording_missing_videos_refused_then_accepted_state_only(small_recipe, tmp_path):
     from pipeline.demos.stage import DemoInputError, build_demos
