@@ -55,6 +55,7 @@ def test_materialize_commits_to_dvc_and_sets_data_version(project):
 def test_demos_asset_checks_and_inbox_sensor(project):
     """Runs after the workcell test above (same project): record demos, then feed the inbox a bad batch."""
     from assets.demos import demos, demos_inbox_sensor, demos_quality
+    from pipeline.demos.checks import CHECK_SPECS
     from resources import default_resources
 
     resources = default_resources(str(project))
@@ -65,7 +66,9 @@ def test_demos_asset_checks_and_inbox_sensor(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert mat.tags["dagster/data_version"] == lock["stages"]["demos"]["outs"][0]["md5"]
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert len(checks) == 9 and all(c.passed for c in checks.values()), {k: c.description for k, c in checks.items()}
+    assert len(checks) == len(CHECK_SPECS) and all(c.passed for c in checks.values()), \
+        {k: c.description for k, c in checks.items()}
+    assert "video_frames" in checks and "decode at their parquet timestamps" in checks["video_frames"].description
 
     inbox = project / "data" / "inbox"
     shutil.copytree(project / "data" / "demos", inbox / "batch-001")
@@ -217,3 +220,30 @@ def test_dvc_resource_refuses_a_non_dvc_directory(tmp_path):
     dvc = DvcResource(paths=ProjectPaths(root=str(tmp_path)))
     with pytest.raises(DvcError, match="not a DVC repository"):
         dvc.commit_stage("sim_workcell")
+
+
+def test_local_demos_with_a_damaged_video_fail_the_blocking_frame_check(tmp_path, recorded, workcell_xml,
+                                                                       tiny_project):
+    """`demos.source: local` copies what the user points at; a video damaged mid-episode imports, then the blocking
+    `video_frames` check fails and names the episode (the first/last-frame `videos` check alone passes it)."""
+    from demo_batches import damage_mid_episode
+
+    from assets.demos import demos, demos_quality
+    from resources import default_resources
+
+    damaged = tmp_path / "recorded-elsewhere"
+    shutil.copytree(recorded, damaged)
+    damage_mid_episode(damaged, "wrist", episode=1)
+    project = tiny_project(tmp_path / "project", {
+        "workcell": {"cameras": {"width": 64, "height": 48}},
+        "demos": {"source": "local", "local_path": str(damaged), "checks": {"min_episodes": 2}},
+        "project": {"dvc_remote": str(tmp_path / "remote")},
+    }, models={"models/workcell": workcell_xml.parent})  # dvc.yaml's demos stage lists the workcell as a dependency
+    result = dg.materialize([demos, demos_quality], resources=default_resources(str(project)), raise_on_error=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["videos"].passed
+    frames = checks["video_frames"]
+    assert not frames.passed and frames.severity == dg.AssetCheckSeverity.ERROR
+    assert "episode 1 frame" in frames.description and "observation.images.wrist" in frames.description
+    # declared blocking: Dagster does not run what depends on `demos` after this failure
+    assert [spec.blocking for spec in demos_quality.check_specs if spec.name == "video_frames"] == [True]

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from demo_batches import damage_mid_episode, rewrite_dataset, tree_digest
 from pipeline.demos.checks import DemoData, check_video_frames, failures, run_checks
 
 
@@ -26,7 +27,7 @@ def _decode_every_item(root, episodes):
     return n
 
 
-def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_recipe, demos_and_inbox, tree_digest):
+def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_recipe, demos_and_inbox):
     from pipeline.demos.inbox import BatchRejected, ingest_batch, pending_batches
 
     demos_root, inbox = demos_and_inbox
@@ -66,8 +67,8 @@ def test_inbox_merges_a_valid_batch_and_quarantines_bad_ones(recorded, small_rec
     assert json.loads((demos_root / "config.json").read_text())["merged_batches"] == ["good"]
 
 
-def test_video_damaged_mid_episode_is_rejected_and_a_later_batch_decodes_every_frame(
-        recorded, small_recipe, demos_and_inbox, tree_digest, damage_mid_episode):
+def test_video_damaged_mid_episode_is_rejected_and_a_later_batch_decodes_every_frame(recorded, small_recipe,
+                                                                                     demos_and_inbox):
     from pipeline.demos.inbox import BatchRejected, ingest_batch
 
     demos_root, inbox = demos_and_inbox
@@ -94,8 +95,7 @@ def test_video_damaged_mid_episode_is_rejected_and_a_later_batch_decodes_every_f
     assert _decode_every_item(demos_root, [2, 3]) == DemoData.load(recorded).meta.total_frames
 
 
-def test_merge_is_verified_before_it_replaces_the_demos(recorded, demos_and_inbox, tree_digest,
-                                                          damage_mid_episode):
+def test_merge_is_verified_before_it_replaces_the_demos(recorded, demos_and_inbox):
     """A damaged batch that reached the merge anyway (screening skipped): lerobot's stream copy drops the damaged
     packets, the verification finds the frames missing, and the demos stay as they were."""
     from pipeline.demos.stage import MergeRefused, merge_into
@@ -109,8 +109,7 @@ def test_merge_is_verified_before_it_replaces_the_demos(recorded, demos_and_inbo
     assert tree_digest(demos_root) == before and not (demos_root.parent / "demos.partial").exists()
 
 
-def test_dataset_without_action_is_quarantined_with_a_message(recorded, small_recipe, demos_and_inbox,
-                                                               tree_digest):
+def test_dataset_without_action_is_quarantined_with_a_message(recorded, small_recipe, demos_and_inbox):
     from lerobot.datasets.dataset_tools import remove_feature
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -129,8 +128,7 @@ def test_dataset_without_action_is_quarantined_with_a_message(recorded, small_re
     assert not (inbox / "no-action").exists() and tree_digest(demos_root) == before
 
 
-def test_other_rig_batch_gets_every_reason_in_one_message(recorded, small_recipe, demos_and_inbox,
-                                                           rewrite_dataset):
+def test_other_rig_batch_gets_every_reason_in_one_message(recorded, small_recipe, demos_and_inbox):
     """Recorded at 15 fps, cameras named top/side, one NaN action: three families of faults, all reported."""
     from pipeline.demos.inbox import BatchRejected, ingest_batch
 
