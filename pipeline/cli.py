@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         result = build_demos(recipe, Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["sim_workcell"]) / "workcell.xml")
         print(json.dumps(result, indent=2))
         bad = failures(run_checks(DemoData.load(STAGE_DIRS["demos"]), recipe.demos.checks,
-                                  require_camera=not recipe.demos.state_only))
+                                  require_camera=not recipe.demos.state_only, progress=True))
         for outcome in bad:
             print(f"check failed: {outcome.name}: {outcome.message}", file=sys.stderr)
         return 1 if bad else 0

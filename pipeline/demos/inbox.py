@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.common.recipe import Recipe
 from pipeline.demos.checks import DemoData, compatibility_problems, reasons, run_checks
-from pipeline.demos.stage import merge_into
+from pipeline.demos.stage import DemoInputError, merge_into
 
 RESERVED = ("rejected", "accepted")
 
@@ -67,6 +67,9 @@ def ingest_batch(inbox: Path, name: str, demos_root: Path, recipe: Recipe, progr
     """Screen batch `name`; merge it into `demos_root` (lerobot's merge, verified before it is published) or
     quarantine it and raise BatchRejected."""
     inbox = Path(inbox)
+    if not Path(demos_root, "meta", "info.json").is_file():  # not the batch's fault: leave it in the inbox
+        raise DemoInputError(f"there are no demos at {demos_root} to merge batch {name!r} into: materialize demos "
+                             "first")
     found: list[str] = []
     problem = path_problem(inbox, name)
     if problem:
@@ -99,8 +102,7 @@ def screen_batch(batch: Path, demos_root: Path, recipe: Recipe, progress: bool =
         return [f"not a readable LeRobot dataset: {type(exc).__name__}: {exc}"]
     found = []
     try:
-        if Path(demos_root, "meta", "info.json").is_file():
-            found += [f"compatibility: {p}" for p in compatibility_problems(data, DemoData.load(demos_root))]
+        found += [f"compatibility: {p}" for p in compatibility_problems(data, DemoData.load(demos_root))]
     except Exception as exc:
         found.append(f"compatibility: could not compare with {demos_root}: {type(exc).__name__}: {exc}")
     try:

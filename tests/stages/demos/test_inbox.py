@@ -185,3 +185,14 @@ def test_video_frames_names_missing_frames_and_bad_timestamps(recorded, small_re
     o = check_video_frames(DemoData.load(root))
     assert not o.passed and "observation.images.front" not in o.message
     assert "episode 1 frame" in o.message and "observation.images.wrist" in o.message and "missing" in o.message
+
+
+def test_batch_without_demos_to_join_stays_in_the_inbox(recorded, small_recipe, tmp_path):
+    from pipeline.demos.inbox import ingest_batch
+    from pipeline.demos.stage import DemoInputError
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(recorded, inbox / "early")
+    with pytest.raises(DemoInputError, match="materialize demos first"):
+        ingest_batch(inbox, "early", tmp_path / "demos", small_recipe)
+    assert (inbox / "early" / "meta" / "info.json").is_file() and not (inbox / "rejected").exists()
