@@ -1,8 +1,9 @@
 """Quality checks of a LeRobot v3.0 demonstration dataset — the door every demo batch passes through.
 
-Blocking (a failure stops everything downstream): schema, timing, finite values, joint limits, videos (files present,
-first and last frame of each episode decode with lerobot's decoder), video frames (every frame of every camera
-decodes and matches its parquet timestamp: frames.py), episode count. Warnings: idle episodes, state lagging the
+Blocking (a failure stops everything downstream): schema, episode table (meta/episodes matches the rows), timing,
+finite values, joint limits, videos (files present, first and last frame of each episode decode with lerobot's
+decoder), video frames (every frame of every camera decodes and matches its parquet timestamp: frames.py), episode
+count. Warnings: idle episodes, state lagging the
 action, near-duplicate episodes. Every message names the episode, frame and feature at fault. Metadata is read with
 lerobot's `LeRobotDatasetMetadata`, frames with lerobot's own parquet loader — never the raw file layout — so a
 dataset with missing videos can still be diagnosed. A check never raises: what it could not read is its finding,
@@ -24,7 +25,7 @@ from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 
 JOINT_FEATURES = ("observation.state", "action")
 #: (name, blocking) of every check `run_checks` performs, in order; the Dagster check specs are built from it.
-CHECK_SPECS = (("schema", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
+CHECK_SPECS = (("schema", True), ("episode_table", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
                ("video_frames", True), ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
 
 
@@ -90,6 +91,7 @@ def run_checks(data: DemoData, cfg: DemoChecksConfig, *, require_camera: bool = 
     """Every check of CHECK_SPECS, in its order; each one runs whatever the others found."""
     checks = {
         "schema": lambda: check_schema(data, require_camera),
+        "episode_table": lambda: check_episode_table(data),
         "timing": lambda: check_timing(data, cfg),
         "finite_values": lambda: check_finite(data),
         "joint_limits": lambda: check_joint_limits(data),
@@ -150,6 +152,36 @@ def check_schema(data: DemoData, require_camera: bool) -> CheckOutcome:
         problems.append("no camera feature (observation.images.*); set demos.state_only to accept state/action data")
     return _outcome("schema", True, problems, "6-D observation.state and action with SO-101 names"
                     + (", ≥ 1 camera" if require_camera else ""))
+
+
+def check_episode_table(data: DemoData) -> CheckOutcome:
+    """meta/episodes and meta/info.json describe the rows in data/: the same episodes, each as long as its rows, at
+    its rows' global indices (a data file lost or a table edited by hand breaks every reader's indexing)."""
+    table = data.meta.episodes
+    problems = []
+    listed = [int(e) for e in table["episode_index"]] if table is not None else []
+    if listed != list(range(len(listed))):
+        problems.append(f"meta/episodes lists episodes {listed[:10]}{'…' if len(listed) > 10 else ''}, not 0…"
+                        f"{len(listed) - 1} in order")
+    if data.meta.total_episodes != len(listed):
+        problems.append(f"meta/info.json total_episodes {data.meta.total_episodes}, meta/episodes has {len(listed)}")
+    if data.meta.total_frames != len(data.frames):
+        problems.append(f"meta/info.json total_frames {data.meta.total_frames}, data/ has {len(data.frames)} rows")
+    rows = {ep: g for ep, g in data.episodes()}
+    for pos, ep in enumerate(listed):
+        if ep not in rows:
+            problems.append(f"episode {ep}: in meta/episodes, no rows in data/ (a data file missing?)")
+            continue
+        g, length = rows[ep], int(table[pos]["length"])
+        start, stop = int(table[pos]["dataset_from_index"]), int(table[pos]["dataset_to_index"])
+        if len(g) != length:
+            problems.append(f"episode {ep}: {len(g)} rows in data/, meta/episodes says {length}")
+        elif "index" in g and (int(g["index"].min()) != start or int(g["index"].max()) + 1 != stop):
+            problems.append(f"episode {ep}: rows at index {int(g['index'].min())}…{int(g['index'].max())}, "
+                            f"meta/episodes says {start}…{stop - 1}")
+    problems += [f"episode {ep}: rows in data/, not in meta/episodes" for ep in sorted(set(rows) - set(listed))]
+    return _outcome("episode_table", True, problems, f"meta/episodes matches the {len(data.frames)} rows of "
+                    f"{len(listed)} episodes")
 
 
 def check_timing(data: DemoData, cfg: DemoChecksConfig) -> CheckOutcome:

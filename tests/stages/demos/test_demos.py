@@ -94,6 +94,14 @@ def test_missing_feature_is_caught(copy_of, small_recipe):
     assert not o.passed and "'observation.state' is missing" in o.message
 
 
+def test_rows_lost_from_data_are_caught_by_the_episode_table(copy_of, small_recipe):
+    root = copy_of()
+    _edit_frames(root, lambda frame: frame.drop(frame[frame.episode_index == 1].index[-10:], inplace=True))
+    o = _outcomes(root, small_recipe)["episode_table"]
+    assert not o.passed and "episode 1:" in o.message and "rows in data/, meta/episodes says" in o.message
+    assert "total_frames" in o.message
+
+
 def test_idle_episode_is_a_warning_not_a_block(copy_of, small_recipe):
     root = copy_of()
 
