@@ -7,6 +7,7 @@ import dagster as dg
 from assets.bc import BC_DIR, bc_policy
 from assets.rl import RL_DIR, rl_policy
 
+from assets.sim import WORKCELL_DIR, sim_workcell
 from assets.twin import TWIN_DIR, usd_twin
 from pipeline.common.layout import STAGE_DIRS
 from assets.materialize import committed, image_md, stage_errors
@@ -17,11 +18,12 @@ EVAL_DIR = STAGE_DIRS["eval_report"]
 
 @dg.asset(
     group_name="report",
-    deps=[rl_policy, bc_policy, usd_twin],
+    deps=[rl_policy, bc_policy, usd_twin, sim_workcell],
     kinds={"lerobot", "mujoco", "html"},
     description="Paired evaluation of BC alone vs BC + residual on the same seeded initial conditions (alternating "
-    "order), on the USD twin with held-out randomization (a sim proxy; a real SO-101 runs interactively through "
-    "`twinloop eval --robot so101_follower`). Wilson intervals, the paired difference, exact McNemar, cycle time, "
+    "order), on the USD twin with held-out randomization (a sim proxy) or, with eval.robot workcell, on the sim "
+    "workcell (the stand-in real robot); a real SO-101 runs interactively through "
+    "`twinloop eval --robot so101_follower`. Wilson intervals, the paired difference, exact McNemar, cycle time, "
     "failure classes, rollouts as a LeRobot dataset, and a self-contained HTML report with lineage.",
 )
 def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource,
@@ -30,13 +32,15 @@ def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dvc
     from pipeline.eval.stage import EvalError, build_eval_report
 
     recipe = paths.recipe()
-    if robot.kind != "sim" or recipe.eval.robot != "twin":
+    if robot.kind != "sim" or recipe.eval.robot not in ("twin", "workcell"):
         raise dg.Failure(description="a real-robot evaluation needs an operator at the arm (placing cubes, labelling "
                          "outcomes): run `twinloop eval --robot so101_follower` in a terminal there, then "
-                         "`dvc commit eval_report`; this asset evaluates on the twin (robot.kind sim, eval.robot twin)")
+                         "`dvc commit eval_report`; this asset evaluates in simulation (robot.kind sim, eval.robot twin "
+                         "or workcell)")
     with stage_errors(EvalError, RobotUnavailable):
         metrics = build_eval_report(recipe, paths.root_path, paths.artifact(TWIN_DIR), paths.artifact(BC_DIR),
-                                    paths.artifact(RL_DIR), paths.artifact(EVAL_DIR), log=context.log.info)
+                                    paths.artifact(RL_DIR), paths.artifact(EVAL_DIR), log=context.log.info,
+                                    workcell_dir=paths.artifact(WORKCELL_DIR))
     out = paths.artifact(EVAL_DIR)
     pol, diff = metrics["policies"], metrics["difference"]
     return committed("eval_report", dvc, recipe, "eval", metrics=metrics, metadata={

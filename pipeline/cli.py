@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("stage", choices=sorted(STAGE_DIRS))
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where training runs")
     ev = sub.add_parser("eval", help="evaluate BC vs BC + residual on the twin or a real SO-101 into reports/eval")
-    ev.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
+    ev.add_argument("--robot", choices=("twin", "workcell", "so101_follower"), default=None,
+                    help="default: eval.robot")
     ev.add_argument("--dry-run", action="store_true", help="real arm: connect, read joints, move nothing")
     lin = sub.add_parser("lineage", help="the chain that produced an artifact, verified against dvc.lock and disk")
     lin.add_argument("target", help="an asset (stage) name or a path inside its output, e.g. reports/eval")
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--robot", args.robot] if getattr(args, "robot", None) else []
         extra += ["--dry-run"] if getattr(args, "dry_run", False) else []
         return run_eval(["--params", args.params, "--twin", STAGE_DIRS["usd_twin"], "--bc", STAGE_DIRS["bc_policy"],
-                         "--rl", STAGE_DIRS["rl_policy"], "--out", STAGE_DIRS["eval_report"], *extra])
+                         "--rl", STAGE_DIRS["rl_policy"], "--out", STAGE_DIRS["eval_report"],
+                         "--workcell", STAGE_DIRS["sim_workcell"], *extra])
     if args.stage == "sim_workcell":
         from pipeline.workcell.stage import build_sim_workcell
 

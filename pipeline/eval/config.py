@@ -22,7 +22,7 @@ class EvalRealConfig(Section):
 class EvalConfig(Section):
     """Stage `eval_report`: BC alone vs BC + residual, paired on the same initial conditions, on one robot."""
 
-    robot: Literal["twin", "so101_follower"] = "twin"
+    robot: Literal["twin", "workcell", "so101_follower"] = "twin"  # workcell: the stand-in real robot
     pairs: Annotated[int, Field(ge=1)] = 30  # initial conditions; each runs both policies, in alternating order
     seed: int = 3_000_000  # condition k draws from seed + k (held out from rl.seed and rl.eval_seed)
     episode_seconds: Positive = 8.0

@@ -109,7 +109,7 @@ def run_episode(robot, policy, condition: Condition, order: int, *, fps: int, ma
     if not is_twin and operator is None:
         raise ValueError("a real robot's outcome is labelled by the operator: pass `operator`")
     policy.reset()
-    fallback = None if is_twin else placed_pose(condition, cube_z)
+    fallback = placed_pose(condition, cube_z)  # for robots that, like a real arm, report no cube pose
     frames, images = [], []
     label = None
     snap_at = {0, max_steps // 2}

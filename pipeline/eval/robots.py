@@ -1,5 +1,10 @@
-"""The robots an evaluation runs on, both behind lerobot's `Robot` interface (connect, get_observation,
-send_action, disconnect), so one loop drives either:
+"""The robots an evaluation runs on, all behind lerobot's `Robot` interface (connect, get_observation,
+send_action, disconnect), so one loop drives any of them:
+
+  WorkcellRobot the sim workcell (its own MuJoCo physics, renderer and true cube): the *stand-in real robot* of the
+                default recipe. Like a real arm it reports joints and camera images only, never the cube pose (the
+                loop hands the policy the placed pose, as on a real cell); the outcome is classified from its state
+                into the same failure classes. Its physics is what the twin was rebuilt from, never read by the twin.
 
   TwinRobot     the USD twin, stepped by MuJoCo's C engine on the model Newton builds from `twin.usd` (the same
                 conversion MJWarp runs in training). Each episode draws held-out domain randomization from its
@@ -69,6 +74,52 @@ def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition
                      joint_noise_units=float(r.joint_noise_units))
 
 
+class SimOutcomes:
+    """Success and the failure class from simulator state, the same for every simulated robot. The robot provides
+    `cube_pos()`, `tcp()`, `in_bin()`, `cube_rest_z`, `bin_centre`, `bin_half` and `config.success_hold_steps`, calls
+    `_reset_signals()` when an episode starts and `_update_signals()` after every control step."""
+
+    def _reset_signals(self) -> None:
+        self.rest_steps, self.max_lift, self.steps = 0, 0.0, 0
+        self.released_at: np.ndarray | None = None  # cube xy when it last left the gripper while lifted
+        self._held_lifted = False
+
+    def _update_signals(self) -> None:
+        self.steps += 1
+        pos = self.cube_pos()
+        lift = pos[2] - self.cube_rest_z
+        self.max_lift = max(self.max_lift, lift)
+        held = np.linalg.norm(self.tcp() - pos) < 0.03
+        if self._held_lifted and not held:
+            self.released_at = pos[:2].copy()
+        self._held_lifted = held and lift > 0.01
+        self.rest_steps = self.rest_steps + 1 if self.in_bin() else 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.rest_steps >= self.config.success_hold_steps
+
+    @property
+    def fell(self) -> bool:
+        return self.cube_pos()[2] < -0.05
+
+    def outcome(self) -> str:
+        """success, or why not: no_grasp (never lifted 2 cm), timeout (still holding it), misplaced (let go over or
+        next to the bin but it is not resting inside), dropped (let go elsewhere)."""
+        if self.succeeded:
+            return "success"
+        if self.max_lift < 0.02:
+            return "no_grasp"
+        pos = self.cube_pos()
+        if np.linalg.norm(self.tcp() - pos) < 0.03 and pos[2] > self.cube_rest_z + 0.005:
+            return "timeout"
+        near = self.bin_half + 0.03
+        spot = self.released_at if self.released_at is not None else pos[:2]
+        if np.all(np.abs(spot - self.bin_centre[:2]) < near) or np.all(np.abs(pos[:2] - self.bin_centre[:2]) < near):
+            return "misplaced"
+        return "dropped"
+
+
 @RobotConfig.register_subclass("twinloop_twin")
 @dataclass(kw_only=True)
 class TwinRobotConfig(RobotConfig):
@@ -79,7 +130,7 @@ class TwinRobotConfig(RobotConfig):
     home_joint_pos: dict = field(default_factory=dict)  # sim joint name -> rad (default: isaaclab_so101's home)
 
 
-class TwinRobot(Robot):
+class TwinRobot(SimOutcomes, Robot):
     """The twin as a lerobot robot. `start_episode(condition)` places the cube and draws the episode's physics; each
     `send_action` advances the twin by one control period (1/fps s), so the twin's clock runs with the loop."""
 
@@ -198,9 +249,7 @@ class TwinRobot(Robot):
         d.qpos[self.cube_adr:self.cube_adr + 7] = placed_pose(condition, self.cube_rest_z)
         mujoco.mj_forward(m, d)
         self.pending = [self.home.copy()] * condition.latency_steps
-        self.rest_steps, self.max_lift, self.steps = 0, 0.0, 0
-        self.released_at: np.ndarray | None = None  # cube xy when it last left the gripper while lifted
-        self._held_lifted = False
+        self._reset_signals()
 
     def tcp(self) -> np.ndarray:
         rot = self.d.xmat[self.gripper_body].reshape(3, 3)
@@ -224,41 +273,6 @@ class TwinRobot(Robot):
         vel = np.zeros(6)
         mujoco.mj_objectVelocity(self.m, self.d, mujoco.mjtObj.mjOBJ_BODY, self.cube_body, vel, 0)
         return vel[3:]
-
-    def _update_signals(self) -> None:
-        self.steps += 1
-        pos = self.cube_pos()
-        lift = pos[2] - self.cube_rest_z
-        self.max_lift = max(self.max_lift, lift)
-        held = np.linalg.norm(self.tcp() - pos) < 0.03
-        if self._held_lifted and not held:
-            self.released_at = pos[:2].copy()
-        self._held_lifted = held and lift > 0.01
-        self.rest_steps = self.rest_steps + 1 if self.in_bin() else 0
-
-    @property
-    def succeeded(self) -> bool:
-        return self.rest_steps >= self.config.success_hold_steps
-
-    @property
-    def fell(self) -> bool:
-        return self.cube_pos()[2] < -0.05
-
-    def outcome(self) -> str:
-        """success, or why not: no_grasp (never lifted 2 cm), timeout (still holding it), misplaced (let go over or
-        next to the bin but it is not resting inside), dropped (let go elsewhere)."""
-        if self.succeeded:
-            return "success"
-        if self.max_lift < 0.02:
-            return "no_grasp"
-        pos = self.cube_pos()
-        if np.linalg.norm(self.tcp() - pos) < 0.03 and pos[2] > self.cube_rest_z + 0.005:
-            return "timeout"
-        near = self.bin_half + 0.03
-        spot = self.released_at if self.released_at is not None else pos[:2]
-        if np.all(np.abs(spot - self.bin_centre[:2]) < near) or np.all(np.abs(pos[:2] - self.bin_centre[:2]) < near):
-            return "misplaced"
-        return "dropped"
 
     def render(self, width: int = 320, height: int = 240) -> np.ndarray | None:
         """An RGB frame of the twin's physics (collision shapes: arm, table, bin, cube) from the front, or None
@@ -293,6 +307,123 @@ class TwinRobot(Robot):
             else:
                 rgba = (0.95, 0.6, 0.1, 1) if "robot" in body.lower() or body else (0.6, 0.6, 0.6, 1)
             self.m.geom_rgba[g] = rgba
+
+
+@RobotConfig.register_subclass("twinloop_workcell")
+@dataclass(kw_only=True)
+class WorkcellRobotConfig(RobotConfig):
+    workcell_xml: Path = Path("models/workcell/workcell.xml")
+    workcell: object = None  # the recipe's WorkcellConfig (cube, bin, cameras, fps)
+    render_cameras: tuple[str, ...] = ("front", "wrist")  # rendered into every observation like a real arm's cameras
+    success_hold_steps: int = 10
+
+
+class WorkcellRobot(SimOutcomes, Robot):
+    """The sim workcell as a lerobot robot: the stand-in for the user's real SO-101. It reports what a real arm
+    reports (joint positions in so101_follower units, camera images), never the cube pose; each `send_action`
+    advances the workcell by one control period."""
+
+    config_class = WorkcellRobotConfig
+    name = "twinloop_workcell"
+
+    def __init__(self, config: WorkcellRobotConfig):
+        if config.calibration_dir is None:  # simulated servos need no calibration; lerobot's base class wants a folder
+            config.calibration_dir = Path(tempfile.gettempdir()) / "twinloop_workcell_calibration"
+        super().__init__(config)
+        self.config = config
+        self.cell = None
+
+    @property
+    def observation_features(self) -> dict:
+        cams = self.config.workcell.cameras
+        return {**{name: float for name in LEROBOT_JOINT_NAMES},
+                **{cam: (cams.height, cams.width, 3) for cam in self.config.render_cameras}}
+
+    @property
+    def action_features(self) -> dict:
+        return {name: float for name in LEROBOT_JOINT_NAMES}
+
+    @property
+    def is_connected(self) -> bool:
+        return self.cell is not None
+
+    @property
+    def is_calibrated(self) -> bool:
+        return True
+
+    def calibrate(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
+
+    def connect(self, calibrate: bool = True) -> None:
+        from pipeline.workcell.cell import CAMERAS, Workcell
+
+        unknown = sorted(set(self.config.render_cameras) - set(CAMERAS))
+        if unknown:
+            raise RobotUnavailable(f"the workcell has no camera {unknown}; it has {list(CAMERAS)}")
+        try:
+            self.cell = Workcell(self.config.workcell_xml, self.config.workcell)
+        except FileNotFoundError as exc:
+            raise RobotUnavailable(str(exc)) from None
+        cfg = self.config.workcell
+        self.cube_rest_z = cfg.cube.size / 2
+        self.bin_centre = np.array([*cfg.bin.center_xy, cfg.bin.wall_thickness])
+        self.bin_half = np.asarray(cfg.bin.inner_size_xy, dtype=np.float64) / 2
+        self.start_episode(Condition(0, 0, (float(np.mean([cfg.cube.spawn_x.low, cfg.cube.spawn_x.high])),
+                                            float(np.mean([cfg.cube.spawn_y.low, cfg.cube.spawn_y.high]))), 0.0))
+
+    def disconnect(self) -> None:
+        if self.cell is not None:
+            self.cell.close()
+        self.cell = None
+
+    def get_observation(self) -> dict:
+        obs = dict(zip(LEROBOT_JOINT_NAMES, self.cell.state().astype(float)))
+        for cam in self.config.render_cameras:
+            obs[cam] = self.cell.render(cam)
+        return obs
+
+    def send_action(self, action: dict) -> dict:
+        units = np.clip([action[name] for name in LEROBOT_JOINT_NAMES], LEROBOT_LO, LEROBOT_HI)
+        self.cell.step(units)
+        if not np.all(np.isfinite(self.cell.data.qpos)):
+            raise RuntimeError("the workcell diverged (non-finite state)")
+        self._update_signals()
+        return dict(zip(LEROBOT_JOINT_NAMES, units.astype(float)))
+
+    def start_episode(self, condition: Condition) -> None:
+        """Robot at home, cube at rest at the condition's pose (the workcell's own physics: nothing is drawn)."""
+        import mujoco
+
+        self.condition = condition
+        self.cell.reset(condition.seed)
+        m, d = self.cell.model, self.cell.data
+        joint = m.joint("cube_free_joint")
+        q, v = int(joint.qposadr[0]), int(joint.dofadr[0])
+        d.qpos[q:q + 7] = placed_pose(condition, self.cube_rest_z)
+        d.qvel[v:v + 6] = 0.0
+        mujoco.mj_forward(m, d)
+        self._reset_signals()
+
+    # --- simulator signals (SimOutcomes) ------------------------------------------------------------------------
+    def cube_pos(self) -> np.ndarray:
+        return self.cell.cube_position()
+
+    def tcp(self) -> np.ndarray:
+        return self.cell.tcp_pose()[0]
+
+    def in_bin(self) -> bool:
+        """The twin's success test on the workcell's state: resting in the bin and released."""
+        return self.cell.cube_in_bin() and float(np.linalg.norm(self.tcp() - self.cube_pos())) > 0.03
+
+    def render(self, width: int = 320, height: int = 240) -> np.ndarray | None:
+        """The front camera's frame (what a report shows of a real cell), or None without a GL context."""
+        try:
+            return self.cell.render("front")
+        except Exception:  # no GL context on this machine: the report says so
+            return None
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,7 @@
 """Stage `eval_report`: run BC alone and BC + residual on the same initial conditions and write the report.
 
     python -m pipeline.eval.stage                          # the twin (sim proxy), as the Dagster asset does
+    python -m pipeline.eval.stage --robot workcell         # the sim workcell: the stand-in real robot
     python -m pipeline.eval.stage --robot so101_follower   # a real arm: the operator places cubes and labels outcomes
     python -m pipeline.eval.stage --robot so101_follower --dry-run   # connect, read, move nothing
 
@@ -129,9 +130,43 @@ def evaluate_on_twin(recipe: Recipe, twin_dir: Path, policies: list, progress=No
     return rollouts, robot
 
 
+def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
+    """The camera names the BC checkpoint takes as input (`observation.images.<name>` in its lerobot config)."""
+    config = json.loads((Path(bc_dir) / "pretrained_model" / "config.json").read_text())
+    prefix = "observation.images."
+    return tuple(k[len(prefix):] for k in config.get("input_features", {}) if k.startswith(prefix))
+
+
+def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, policies: list, progress=None):
+    """The same pairs on the sim workcell, the stand-in real robot: the policies see what a real arm gives (joints,
+    the cameras the BC checkpoint reads, the placed cube pose), the workcell's own physics decides the outcome."""
+    from pipeline.eval.robots import WorkcellRobot, WorkcellRobotConfig
+
+    cfg = recipe.eval
+    robot = WorkcellRobot(WorkcellRobotConfig(id="workcell", workcell_xml=Path(workcell_dir) / "workcell.xml",
+                                              workcell=recipe.workcell, render_cameras=cameras_read_by(bc_dir),
+                                              success_hold_steps=recipe.rl.success_hold_steps))
+    try:
+        robot.connect()
+    except RobotUnavailable as exc:
+        raise EvalError(str(exc)) from None
+    conditions = [draw_condition(k, cfg.seed + k, recipe.workcell) for k in range(cfg.pairs)]  # its physics is its own
+    max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
+    try:
+        rollouts = run_pairs(robot, policies, conditions, recipe.workcell.fps, max_steps,
+                             cube_z=recipe.workcell.cube.size / 2,
+                             prepare=lambda cond, _policy: robot.start_episode(cond), progress=progress)
+    finally:
+        robot.disconnect()
+    lo = np.asarray(recipe.workcell.bin.center_xy) - np.asarray(recipe.workcell.bin.inner_size_xy) / 2
+    hi = np.asarray(recipe.workcell.bin.center_xy) + np.asarray(recipe.workcell.bin.inner_size_xy) / 2
+    return rollouts, (tuple(lo), tuple(hi))
+
+
 def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, rl_dir: Path, out_dir: Path,
-                      robot_kind: str | None = None, log=print) -> dict:
-    """The twin evaluation (or a real one with `robot_kind="so101_follower"`), recorded and reported."""
+                      robot_kind: str | None = None, log=print, workcell_dir: Path | None = None) -> dict:
+    """The evaluation on the twin, on the sim workcell (`robot_kind="workcell"`, the stand-in real robot) or on a
+    real arm (`"so101_follower"`), recorded and reported."""
     from tqdm import tqdm
 
     from pipeline.common.artifacts import replace_dir, staging_dir, write_config, write_metrics
@@ -157,6 +192,11 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
             "the USD twin (sim proxy)"
         bin_box = (tuple(robot.bin_centre[:2] - robot.bin_half), tuple(robot.bin_centre[:2] + robot.bin_half))
         robot_type = "so101_follower_twin"
+    elif kind == "workcell":
+        rollouts, bin_box = evaluate_on_workcell(recipe, Path(workcell_dir or STAGE_DIRS["sim_workcell"]), bc_dir,
+                                                 policies, progress)
+        robot_label = "the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads them)"
+        robot_type = "so101_follower_workcell"
     else:
         rollouts, bin_box = evaluate_on_real_arm(recipe, twin_dir, policies, progress)
         robot_label = f"a real SO-101 ({cfg.real.port})"
@@ -175,6 +215,8 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
             "residual actor": Path(rl_dir) / res.manifest["residual_actor"]}
     if kind == "twin":
         used["twin"] = Path(twin_dir) / "twin.usd"
+    elif kind == "workcell":
+        used["workcell (stand-in robot)"] = Path(workcell_dir or STAGE_DIRS["sim_workcell"]) / "workcell.xml"
     lineage = report.lineage(root, used)
     figs = report.figures(summary, rollouts, bin_box, res.alpha, cfg.failure_examples)
     files = {}
@@ -251,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bc", default=STAGE_DIRS["bc_policy"])
     parser.add_argument("--rl", default=STAGE_DIRS["rl_policy"])
     parser.add_argument("--out", default=STAGE_DIRS["eval_report"])
-    parser.add_argument("--robot", choices=("twin", "so101_follower"), default=None, help="default: eval.robot")
+    parser.add_argument("--workcell", default=STAGE_DIRS["sim_workcell"])
+    parser.add_argument("--robot", choices=("twin", "workcell", "so101_follower"), default=None,
+                        help="default: eval.robot")
     parser.add_argument("--dry-run", action="store_true", help="real arm: connect and read, move nothing")
     args = parser.parse_args(argv)
     try:
@@ -260,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(recipe)
             return 0
         metrics = build_eval_report(recipe, Path(args.root), Path(args.twin), Path(args.bc), Path(args.rl),
-                                    Path(args.out), args.robot)
+                                    Path(args.out), args.robot, workcell_dir=Path(args.workcell))
     except (EvalError, RobotUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -351,3 +351,84 @@ def test_real_arm_refuses_without_a_port(tmp_path):
         [__import__("sys").executable, "-m", "pipeline.eval.stage", "--robot", "so101_follower", "--dry-run"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "eval.real.port is empty" in proc.stderr
+
+
+# --- the sim workcell as the stand-in real robot -------------------------------------------------------------------
+def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_bc, tmp_path):
+    """Joints and camera images only (no cube pose: the policy gets the placed pose, as on a real cell); the same
+    paired loop; outcomes from the workcell's own state, a scripted expert's episode classified `success`."""
+    from pipeline.eval.policies import BCPolicy, ResidualPolicy
+    from pipeline.eval.robots import OUTCOMES, WorkcellRobot, WorkcellRobotConfig, draw_condition, placed_pose
+    from pipeline.eval.stage import run_pairs
+    from pipeline.workcell.expert import ScriptedExpert
+
+    cfg = small_recipe.workcell
+    robot = WorkcellRobot(WorkcellRobotConfig(id="stand-in", workcell_xml=workcell_xml, workcell=cfg))
+    robot.connect()
+    try:
+        conditions = [draw_condition(k, 500 + k, cfg) for k in range(2)]
+        robot.start_episode(conditions[0])
+        np.testing.assert_allclose(robot.cube_pos()[:2], conditions[0].cube_xy, atol=1e-9)
+        obs = robot.get_observation()
+        assert obs["front"].shape == (48, 64, 3) and obs["wrist"].dtype == np.uint8
+        assert not any(k.startswith("cube_") for k in obs)  # a real arm has no cube sensor
+
+        bc_dir = tiny_bc[0]
+        ckpt = bc_dir / "pretrained_model"
+        policies = [BCPolicy(ckpt), ResidualPolicy(_rl_dir(tmp_path / "rl", bc_dir, _actor("constant", 0.3)), ckpt)]
+        rollouts = run_pairs(robot, policies, conditions, fps=cfg.fps, max_steps=10, cube_z=cfg.cube.size / 2,
+                             prepare=lambda cond, _policy: robot.start_episode(cond))
+        assert [(r.policy, r.condition.index) for r in rollouts] == [("bc", 0), ("bc_residual", 0),
+                                                                     ("bc_residual", 1), ("bc", 1)]
+        assert all(r.outcome in OUTCOMES and r.steps == 10 for r in rollouts)
+        for r in rollouts:  # the policy read the placed pose, never the live cube
+            np.testing.assert_allclose(r.frames[-1]["observation.environment_state"],
+                                       placed_pose(r.condition, cfg.cube.size / 2), atol=1e-6)
+            assert r.frames[0]["observation.images.front"].shape == (48, 64, 3)
+        again = run_pairs(robot, policies[:1], conditions[:1], fps=cfg.fps, max_steps=10, cube_z=cfg.cube.size / 2,
+                          prepare=lambda cond, _policy: robot.start_episode(cond))
+        for f0, f1 in zip(rollouts[0].frames, again[0].frames):  # the same condition, the same rollout
+            np.testing.assert_array_equal(f0["action"], f1["action"])
+    finally:
+        robot.disconnect()
+
+    blind = WorkcellRobot(WorkcellRobotConfig(id="blind", workcell_xml=workcell_xml, workcell=cfg, render_cameras=()))
+    blind.connect()
+    try:
+        condition = draw_condition(0, 7, cfg)
+        blind.start_episode(condition)
+        expert = ScriptedExpert(blind.cell, small_recipe.expert, condition.seed)
+        expert.plan()
+        while not expert.done() and blind.steps < int(cfg.episode_seconds * cfg.fps):
+            blind.send_action(dict(zip(robot.action_features, expert.act())))
+        hold = {k: v for k, v in blind.get_observation().items()}
+        for _ in range(blind.config.success_hold_steps + 2):
+            blind.send_action(hold)
+        assert blind.outcome() == "success", blind.outcome()
+    finally:
+        blind.disconnect()
+
+
+def test_workcell_evaluation_reports_the_stand_in_robot(tmp_path, small_recipe, workcell_xml, tiny_bc):
+    """`eval.robot: workcell`: the same paired protocol and report, on the stand-in real robot, with the cameras the
+    BC checkpoint reads recorded in the rollouts."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pipeline.eval.stage import ROLLOUTS_REPO_ID, build_eval_report, cameras_read_by
+
+    rl = _rl_dir(tmp_path / "rl", tiny_bc[0], _actor("constant", 0.3))
+    root = tmp_path / "project"
+    root.mkdir()
+    recipe = small_recipe.model_copy(update={"eval": small_recipe.eval.model_copy(
+        update={"robot": "workcell", "pairs": 2, "episode_seconds": 0.4, "failure_examples": 1})})
+    out = tmp_path / "reports" / "eval"
+    metrics = build_eval_report(recipe, root, tmp_path / "no-twin", tiny_bc[0], rl, out, log=lambda m: None,
+                                workcell_dir=workcell_xml.parent)
+    assert metrics["robot"] == "workcell" and "stand-in real robot" in metrics["robot_label"]
+    assert metrics["pairs"] == 2 and all(metrics["policies"][p]["episodes"] == 2 for p in ("bc", "bc_residual"))
+    assert "stand-in real robot" in (out / "report.md").read_text()
+    data = LeRobotDataset(ROLLOUTS_REPO_ID, root=out / "rollouts")
+    cams = cameras_read_by(tiny_bc[0])
+    assert set(data.meta.video_keys) == {f"observation.images.{c}" for c in cams}
+    assert data.meta.robot_type == "so101_follower_workcell" and data.meta.total_episodes == 4
+    assert metrics["lineage"]["files"]["workcell (stand-in robot)"]["md5"]
