@@ -74,10 +74,31 @@ def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition
                      joint_noise_units=float(r.joint_noise_units))
 
 
-class SimOutcomes:
-    """Success and the failure class from simulator state, the same for every simulated robot. The robot provides
-    `cube_pos()`, `tcp()`, `in_bin()`, `cube_rest_z`, `bin_centre`, `bin_half` and `config.success_hold_steps`, calls
-    `_reset_signals()` when an episode starts and `_update_signals()` after every control step."""
+class SimulatedRobot(Robot):
+    """What every simulated robot shares: the lerobot `Robot` parts a simulation has nothing to do for (calibration,
+    configuration; the six joint targets as actions), and success and the failure class from simulator state. A
+    subclass provides `cube_pos()`, `tcp()`, `in_bin()`, `cube_rest_z`, `bin_centre`, `bin_half` and
+    `config.success_hold_steps`, calls `_reset_signals()` when an episode starts and `_update_signals()` after every
+    control step."""
+
+    def __init__(self, config: RobotConfig):
+        if config.calibration_dir is None:  # a simulation needs no calibration; lerobot's base class wants a folder
+            config.calibration_dir = Path(tempfile.gettempdir()) / f"{self.name}_calibration"
+        super().__init__(config)
+
+    @property
+    def action_features(self) -> dict:
+        return {name: float for name in LEROBOT_JOINT_NAMES}
+
+    @property
+    def is_calibrated(self) -> bool:
+        return True
+
+    def calibrate(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
 
     def _reset_signals(self) -> None:
         self.rest_steps, self.max_lift, self.steps = 0, 0.0, 0
@@ -130,7 +151,7 @@ class TwinRobotConfig(RobotConfig):
     home_joint_pos: dict = field(default_factory=dict)  # sim joint name -> rad (default: isaaclab_so101's home)
 
 
-class TwinRobot(SimOutcomes, Robot):
+class TwinRobot(SimulatedRobot):
     """The twin as a lerobot robot. `start_episode(condition)` places the cube and draws the episode's physics; each
     `send_action` advances the twin by one control period (1/fps s), so the twin's clock runs with the loop."""
 
@@ -138,8 +159,6 @@ class TwinRobot(SimOutcomes, Robot):
     name = "twinloop_twin"
 
     def __init__(self, config: TwinRobotConfig):
-        if config.calibration_dir is None:  # a twin needs no calibration; lerobot's base class wants a folder
-            config.calibration_dir = Path(tempfile.gettempdir()) / "twinloop_twin_calibration"
         super().__init__(config)
         self.config = config
         self._connected = False
@@ -151,22 +170,8 @@ class TwinRobot(SimOutcomes, Robot):
         return {**{name: float for name in LEROBOT_JOINT_NAMES}, **{n: float for n in ENVIRONMENT_STATE_NAMES}}
 
     @property
-    def action_features(self) -> dict:
-        return {name: float for name in LEROBOT_JOINT_NAMES}
-
-    @property
     def is_connected(self) -> bool:
         return self._connected
-
-    @property
-    def is_calibrated(self) -> bool:
-        return True
-
-    def calibrate(self) -> None:
-        pass
-
-    def configure(self) -> None:
-        pass
 
     def connect(self, calibrate: bool = True) -> None:
         import mujoco
@@ -318,7 +323,7 @@ class WorkcellRobotConfig(RobotConfig):
     success_hold_steps: int = 10
 
 
-class WorkcellRobot(SimOutcomes, Robot):
+class WorkcellRobot(SimulatedRobot):
     """The sim workcell as a lerobot robot: the stand-in for the user's real SO-101. It reports what a real arm
     reports (joint positions in so101_follower units, camera images), never the cube pose; each `send_action`
     advances the workcell by one control period."""
@@ -327,8 +332,6 @@ class WorkcellRobot(SimOutcomes, Robot):
     name = "twinloop_workcell"
 
     def __init__(self, config: WorkcellRobotConfig):
-        if config.calibration_dir is None:  # simulated servos need no calibration; lerobot's base class wants a folder
-            config.calibration_dir = Path(tempfile.gettempdir()) / "twinloop_workcell_calibration"
         super().__init__(config)
         self.config = config
         self.cell = None
@@ -340,22 +343,8 @@ class WorkcellRobot(SimOutcomes, Robot):
                 **{cam: (cams.height, cams.width, 3) for cam in self.config.render_cameras}}
 
     @property
-    def action_features(self) -> dict:
-        return {name: float for name in LEROBOT_JOINT_NAMES}
-
-    @property
     def is_connected(self) -> bool:
         return self.cell is not None
-
-    @property
-    def is_calibrated(self) -> bool:
-        return True
-
-    def calibrate(self) -> None:
-        pass
-
-    def configure(self) -> None:
-        pass
 
     def connect(self, calibrate: bool = True) -> None:
         from pipeline.workcell.cell import CAMERAS, Workcell
@@ -407,7 +396,7 @@ class WorkcellRobot(SimOutcomes, Robot):
         mujoco.mj_forward(m, d)
         self._reset_signals()
 
-    # --- simulator signals (SimOutcomes) ------------------------------------------------------------------------
+    # --- simulator signals (SimulatedRobot) ------------------------------------------------------------------------
     def cube_pos(self) -> np.ndarray:
         return self.cell.cube_position()
 
