@@ -3,10 +3,9 @@
 Blocking (a failure stops everything downstream): schema, episode table (meta/episodes matches the rows), timing,
 finite values, joint limits, videos (files present, first and last frame of each episode decode with lerobot's
 decoder), video frames (every frame of every camera decodes and matches its parquet timestamp: frames.py), episode
-count. Warnings: idle episodes, state lagging the
-action, near-duplicate episodes. Every message names the episode, frame and feature at fault. Metadata is read with
-lerobot's `LeRobotDatasetMetadata`, frames with lerobot's own parquet loader — never the raw file layout — so a
-dataset with missing videos can still be diagnosed. A check never raises: what it could not read is its finding,
+count. Warnings: idle episodes, state lagging the action, near-duplicate episodes. Every message names the episode,
+frame and feature at fault. Metadata is read with lerobot's `LeRobotDatasetMetadata`, frames with lerobot's own
+parquet loader — never the raw file layout — so a dataset with missing videos can still be diagnosed. A check never raises: what it could not read is its finding,
 and a check that needs a feature the dataset lacks says so (the schema check names the feature).
 
 `compatibility_problems` compares a batch with the dataset it would be merged into (fps, robot type, cameras,
@@ -25,8 +24,9 @@ from pipeline.workcell.joints import LEROBOT_HI, LEROBOT_JOINT_NAMES, LEROBOT_LO
 
 JOINT_FEATURES = ("observation.state", "action")
 #: (name, blocking) of every check `run_checks` performs, in order; the Dagster check specs are built from it.
-CHECK_SPECS = (("schema", True), ("episode_table", True), ("timing", True), ("finite_values", True), ("joint_limits", True), ("videos", True),
-               ("video_frames", True), ("min_episodes", True), ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
+CHECK_SPECS = (("schema", True), ("episode_table", True), ("timing", True), ("finite_values", True),
+               ("joint_limits", True), ("videos", True), ("video_frames", True), ("min_episodes", True),
+               ("idle_episodes", False), ("state_action_lag", False), ("near_duplicates", False))
 
 
 @dataclass
@@ -36,7 +36,7 @@ class CheckOutcome:
     blocking: bool
     message: str
     details: dict = field(default_factory=dict)
-    ran: bool = True  # False: a feature it needs is missing (the schema check says which) or it could not run
+    skipped: bool = False  # not run: a feature it needs is missing (the schema check names it)
 
 
 @dataclass
@@ -108,7 +108,7 @@ def run_checks(data: DemoData, cfg: DemoChecksConfig, *, require_camera: bool = 
             outcomes.append(checks[name]())
         except Exception as exc:  # a check that cannot read the data has found a problem, not a reason to stop
             outcomes.append(CheckOutcome(name, False, blocking, f"could not run: {type(exc).__name__}: {exc}",
-                                         {"problems": 1}, ran=False))
+                                         {"problems": 1}))
     return outcomes
 
 
@@ -120,12 +120,12 @@ def reasons(outcomes: list[CheckOutcome]) -> list[str]:
     """One line per failed blocking check; checks skipped for a missing feature are left to the schema's line."""
     failed = failures(outcomes)
     schema_failed = any(o.name == "schema" for o in failed)
-    return [f"{o.name}: {o.message}" for o in failed if o.ran or not schema_failed or "could not run" in o.message]
+    return [f"{o.name}: {o.message}" for o in failed if not (o.skipped and schema_failed)]
 
 
 def _skipped(name: str, blocking: bool, missing: list[str]) -> CheckOutcome:
     return CheckOutcome(name, False, blocking, f"not run: feature {', '.join(map(repr, missing))} missing (see schema)",
-                        {"problems": 1}, ran=False)
+                        {"problems": 1}, skipped=True)
 
 
 def _missing(data: DemoData, *keys: str) -> list[str]:
