@@ -1,4 +1,5 @@
-"""Group `report`: BC alone vs BC + residual, paired, on the twin (sim proxy) — the report people read."""
+"""Group `report`: BC alone vs BC + residual, paired, on the stand-in robot and in the twin — the report people
+read, and its behaviour checks (warnings)."""
 
 import json
 
@@ -21,10 +22,11 @@ EVAL_DIR = STAGE_DIRS["eval_report"]
     deps=[rl_policy, bc_policy, usd_twin, sim_workcell],
     kinds={"lerobot", "mujoco", "html"},
     description="Paired evaluation of BC alone vs BC + residual on the same seeded initial conditions (alternating "
-    "order), on the USD twin with held-out randomization (a sim proxy) or, with eval.robot workcell, on the sim "
-    "workcell (the stand-in real robot); a real SO-101 runs interactively through "
-    "`twinloop eval --robot so101_follower`. Wilson intervals, the paired difference, exact McNemar, cycle time, "
-    "failure classes, rollouts as a LeRobot dataset, and a self-contained HTML report with lineage.",
+    "order) on the sim workcell — the stand-in real robot, its own physics and cameras — and on the USD twin, side "
+    "by side: the pure method gain on the robot, the twin fidelity gap (BC twin − BC robot), whether the twin's "
+    "gain transfers (eval.robot twin: the twin alone; a real SO-101 runs interactively through "
+    "`twinloop eval --robot so101_follower`). Wilson intervals, Newcombe paired differences, exact McNemar, cycle "
+    "time, failure classes, rollouts as LeRobot datasets, and a self-contained HTML report with lineage.",
 )
 def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcResource,
                 robot: RobotConnection) -> dg.MaterializeResult:
@@ -51,6 +53,11 @@ def eval_report(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: Dvc
         "gain_points": dg.MetadataValue.float(diff["points"]),
         "gain_ci95_points": dg.MetadataValue.json(diff["ci95_points"]),
         "mcnemar_exact_p": dg.MetadataValue.float(metrics["paired"]["mcnemar_exact_p"]),
+        **({"twin_fidelity_gap_points": dg.MetadataValue.float(metrics["transfer"]["fidelity_gap"]["points"]),
+            "twin_fidelity_gap_ci95_points": dg.MetadataValue.json(metrics["transfer"]["fidelity_gap"]["ci95_points"]),
+            "twin_gain_points": dg.MetadataValue.float(metrics["transfer"]["gain"]["twin"]["points"]),
+            "transfer": dg.MetadataValue.md(image_md(out / "figures" / "transfer.png", width=900))}
+           if "transfer" in metrics else {}),
         "report": dg.MetadataValue.md((out / "report.md").read_text().split("![")[0]),
         "summary": dg.MetadataValue.md(image_md(out / "figures" / "summary.png", width=900)),
         "path": dg.MetadataValue.path(str(out / "report.html")),
@@ -82,5 +89,31 @@ def report_is_complete(paths: ProjectPaths) -> dg.AssetCheckResult:
                                description="; ".join(problems) or None)
 
 
+def _behaviour_check(paths: ProjectPaths, name: str) -> dg.AssetCheckResult:
+    """One of the report's behaviour checks (pipeline/eval/report.py `fidelity_checks`), as the report computed it."""
+    metrics = json.loads((paths.artifact(EVAL_DIR) / "metrics.json").read_text())
+    found = [c for c in metrics.get("checks", []) if c["name"] == name]
+    if not found:
+        return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"not run: this evaluation has no `{name}` (eval.robot "
+                                   f"{metrics.get('robot')}, twin compared: {'transfer' in metrics})")
+    c = found[0]
+    return dg.AssetCheckResult(passed=c["passed"], severity=dg.AssetCheckSeverity.WARN, description=c["description"],
+                               metadata={"robot": metrics["robot_label"]})
+
+
+@dg.asset_check(asset=eval_report, description="Judged on the robot (the stand-in robot by default): BC + residual "
+                "is not worse than BC alone (warns at eval.max_harm_points below it, or a loss with exact McNemar "
+                "p < 0.05). A residual that makes the robot worse is not a result.")
+def residual_not_worse_than_bc(paths: ProjectPaths) -> dg.AssetCheckResult:
+    return _behaviour_check(paths, "residual_not_worse_than_bc")
+
+
+@dg.asset_check(asset=eval_report, description="The twin reproduces BC: BC alone's success in the twin and on the "
+                "robot, same conditions, have overlapping Wilson 95 % intervals; otherwise it names the worse world.")
+def twin_reproduces_bc(paths: ProjectPaths) -> dg.AssetCheckResult:
+    return _behaviour_check(paths, "twin_reproduces_bc")
+
+
 ASSETS = [eval_report]
-CHECKS = [report_is_complete]
+CHECKS = [report_is_complete, residual_not_worse_than_bc, twin_reproduces_bc]

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run one stage into its DVC-tracked folder (no Dagster, no DVC commit)")
     run.add_argument("stage", choices=sorted(STAGE_DIRS))
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where training runs")
-    ev = sub.add_parser("eval", help="evaluate BC vs BC + residual on the twin or a real SO-101 into reports/eval")
+    ev = sub.add_parser("eval", help="evaluate BC vs BC + residual on the stand-in robot and the twin (or a real SO-101) into reports/eval")
     ev.add_argument("--robot", choices=("twin", "workcell", "so101_follower"), default=None,
                     help="default: eval.robot")
     ev.add_argument("--dry-run", action="store_true", help="real arm: connect, read joints, move nothing")

@@ -22,11 +22,16 @@ class EvalRealConfig(Section):
 class EvalConfig(Section):
     """Stage `eval_report`: BC alone vs BC + residual, paired on the same initial conditions, on one robot."""
 
-    robot: Literal["twin", "workcell", "so101_follower"] = "twin"  # workcell: the stand-in real robot
+    robot: Literal["twin", "workcell", "so101_follower"] = "workcell"  # the robot judged: workcell = the stand-in
+    # real robot of the sim recipe; twin = the twin alone (no transfer numbers)
+    compare_twin: bool = True  # also run the same conditions in the twin: fidelity gap and gain transfer
     pairs: Annotated[int, Field(ge=1)] = 30  # initial conditions; each runs both policies, in alternating order
     seed: int = 3_000_000  # condition k draws from seed + k (held out from rl.seed and rl.eval_seed)
     episode_seconds: Positive = 8.0
-    randomize: bool = True  # twin: held-out draws of rl.randomization's ranges (mass, gains, latency, noise)
+    randomize: bool = False  # twin: held-out draws of rl.randomization's ranges (mass, gains, latency, noise);
+    # off by default so that the twin column measures the nominal twin against the robot on the same cube poses
+    max_harm_points: Annotated[float, Field(ge=0)] = 10.0  # residual_not_worse_than_bc warns when BC + residual
+    # is this many points below BC on the robot, or below it with an exact McNemar p < 0.05
     extra_policies: list[str] = []  # more rl_policy folders (other rl.seed): success variance across policy seeds
     failure_examples: Annotated[int, Field(ge=0)] = 4  # failed rollouts shown with frames
     real: EvalRealConfig = EvalRealConfig()

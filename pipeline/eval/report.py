@@ -53,6 +53,97 @@ def summarize(rollouts: list, fps: int) -> dict:
     }
 
 
+# --- two worlds: the robot and the twin ------------------------------------------------------------------------
+def successes_by_condition(rollouts: list, policy: str) -> dict[int, bool]:
+    return {r.condition.index: r.success for r in rollouts if r.policy == policy}
+
+
+def transfer(robot_rollouts: list, twin_rollouts: list) -> dict:
+    """The robot and the twin on the same conditions: BC's **twin fidelity gap** (BC in the twin − BC on the robot,
+    paired on the condition: Newcombe interval, exact McNemar), each world's **gain** (BC + residual − BC) and
+    whether the twin's gain transfers (twin gain − robot gain: the mean of the per-condition differences of
+    differences, normal 95 % interval). Points are percentage points."""
+    from scipy.stats import norm
+
+    worlds = {"robot": robot_rollouts, "twin": twin_rollouts}
+    table = {w: {p: successes_by_condition(r, p) for p in ("bc", "bc_residual")} for w, r in worlds.items()}
+    conditions = sorted(set.intersection(*(set(t) for w in table.values() for t in w.values())))
+    if not conditions:
+        raise ValueError("the robot and the twin share no condition on which both policies ran")
+    s = {w: {p: [table[w][p][c] for c in conditions] for p in ("bc", "bc_residual")} for w in table}
+
+    def paired(first: list[bool], second: list[bool]) -> dict:
+        counts = paired_counts(first, second)
+        diff, low, high = paired_difference_interval(first, second)
+        return {"points": 100 * diff, "ci95_points": [100 * low, 100 * high],
+                "only_first": counts["only_first"], "only_second": counts["only_second"],
+                "mcnemar_exact_p": mcnemar_exact(counts["only_first"], counts["only_second"])}
+
+    def rate(x: list[bool]) -> dict:
+        k, n = int(sum(x)), len(x)
+        return {"successes": k, "episodes": n, "success_rate": k / n, "ci95": list(wilson_interval(k, n))}
+
+    gap = paired(s["robot"]["bc"], s["twin"]["bc"])  # twin − robot; only_first: BC succeeds on the robot only
+    gains = {w: paired(s[w]["bc"], s[w]["bc_residual"]) for w in s}
+    per_condition = np.array([(int(s["twin"]["bc_residual"][i]) - int(s["twin"]["bc"][i]))
+                              - (int(s["robot"]["bc_residual"][i]) - int(s["robot"]["bc"][i]))
+                              for i in range(len(conditions))], dtype=float)
+    n = len(per_condition)
+    mean = float(per_condition.mean())
+    half = float(norm.ppf(0.975) * per_condition.std(ddof=1) / np.sqrt(n)) if n > 1 else 1.0
+    return {
+        "conditions": n,
+        "success": {w: {p: rate(s[w][p]) for p in s[w]} for w in s},
+        "fidelity_gap": {"points": gap["points"], "ci95_points": gap["ci95_points"],
+                         "only_robot": gap["only_first"], "only_twin": gap["only_second"],
+                         "mcnemar_exact_p": gap["mcnemar_exact_p"]},
+        "gain": {w: {"points": g["points"], "ci95_points": g["ci95_points"], "only_bc": g["only_first"],
+                     "only_bc_residual": g["only_second"], "mcnemar_exact_p": g["mcnemar_exact_p"]}
+                 for w, g in gains.items()},
+        "gain_transfer": {"points": 100 * mean, "ci95_points": [100 * (mean - half), 100 * (mean + half)],
+                          "meaning": "twin gain − robot gain (> 0: the twin promises more than the robot delivers)"},
+    }
+
+
+def fidelity_checks(robot_summary: dict, transfer_info: dict | None, max_harm_points: float,
+                    robot_name: str = "the stand-in robot") -> list[dict]:
+    """The behaviour-level warnings: `residual_not_worse_than_bc` (judged on the robot) and, with the twin on the
+    same conditions, `twin_reproduces_bc` (BC's success intervals in the two worlds overlap)."""
+    checks = []
+    d, p = robot_summary["difference"], robot_summary["paired"]
+    bc, rl = robot_summary["policies"]["bc"], robot_summary["policies"]["bc_residual"]
+    significant = d["points"] < 0 and p["mcnemar_exact_p"] < 0.05
+    worse = significant or d["points"] <= -max_harm_points
+    checks.append({
+        "name": "residual_not_worse_than_bc", "passed": not worse,
+        "description": (f"BC + residual makes {robot_name} worse: {rl['successes']}/{rl['episodes']} vs BC alone "
+                        f"{bc['successes']}/{bc['episodes']}, {d['points']:+.1f} points (95 % CI "
+                        f"{d['ci95_points'][0]:+.1f} to {d['ci95_points'][1]:+.1f}; {p['only_bc']} conditions only "
+                        f"BC solved, {p['only_bc_residual']} only the residual; exact McNemar p = "
+                        f"{p['mcnemar_exact_p']:.3g}); do not deploy this residual" if worse else
+                        f"BC + residual {d['points']:+.1f} points vs BC alone on {robot_name} (95 % CI "
+                        f"{d['ci95_points'][0]:+.1f} to {d['ci95_points'][1]:+.1f}; warns at "
+                        f"-{max_harm_points:g} points or a significant loss)"),
+    })
+    if transfer_info is not None:
+        sr, st = transfer_info["success"]["robot"]["bc"], transfer_info["success"]["twin"]["bc"]
+        (rl_lo, rl_hi), (tw_lo, tw_hi) = sr["ci95"], st["ci95"]
+        overlap = rl_lo <= tw_hi and tw_lo <= rl_hi
+        gap = transfer_info["fidelity_gap"]
+        worse_world = "the twin" if st["success_rate"] < sr["success_rate"] else robot_name
+        text = (f"BC alone succeeds {st['successes']}/{st['episodes']} ({100 * st['success_rate']:.0f} %, Wilson "
+                f"{100 * tw_lo:.0f}–{100 * tw_hi:.0f} %) in the twin and {sr['successes']}/{sr['episodes']} "
+                f"({100 * sr['success_rate']:.0f} %, {100 * rl_lo:.0f}–{100 * rl_hi:.0f} %) on {robot_name}: "
+                f"fidelity gap {gap['points']:+.1f} points (95 % CI {gap['ci95_points'][0]:+.1f} to "
+                f"{gap['ci95_points'][1]:+.1f})")
+        checks.append({
+            "name": "twin_reproduces_bc", "passed": overlap,
+            "description": text + ("" if overlap else f"; the intervals do not overlap: {worse_world} is the worse "
+                                   "world, and what the residual learns there may not transfer"),
+        })
+    return checks
+
+
 # --- lineage ------------------------------------------------------------------------------------------------------
 def lineage(root: Path, used_files: dict[str, Path]) -> dict:
     """What produced this report: code commit, every upstream stage's output md5 as dvc.lock records it (when it
@@ -192,6 +283,50 @@ def figures(summary: dict, rollouts: list, bin_box: tuple, alpha: float, example
     return figs
 
 
+def transfer_figure(transfer_info: dict, robot_name: str) -> bytes:
+    """Left: success of both policies in both worlds (Wilson 95 %). Right: the fidelity gap, each world's gain and
+    the gain transfer, with their intervals (points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1, 1.2]})
+    ax = axes[0]
+    worlds = [("robot", robot_name), ("twin", "the twin")]
+    for j, (policy, colour) in enumerate((("bc", "tab:gray"), ("bc_residual", "tab:green"))):
+        for i, (world, _) in enumerate(worlds):
+            s = transfer_info["success"][world][policy]
+            x = i + (j - 0.5) * 0.38
+            ax.bar(x, s["success_rate"], width=0.36, color=colour, label=LABELS[policy] if i == 0 else None)
+            lo, hi = s["ci95"]
+            ax.errorbar(x, s["success_rate"], yerr=[[s["success_rate"] - lo], [hi - s["success_rate"]]], color="k",
+                        capsize=5)
+            ax.text(x, min(hi + 0.03, 1.04), f"{s['successes']}/{s['episodes']}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(worlds)), [name for _, name in worlds])
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("success (Wilson 95 %)")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"same {transfer_info['conditions']} conditions in both worlds", fontsize=10)
+    ax = axes[1]
+    rows = [("pure method gain (robot)", transfer_info["gain"]["robot"], "tab:green"),
+            ("gain in the twin", transfer_info["gain"]["twin"], "tab:olive"),
+            ("twin gain − robot gain", transfer_info["gain_transfer"], "tab:purple"),
+            ("twin fidelity gap (BC twin − robot)", transfer_info["fidelity_gap"], "tab:blue")]
+    for i, (label, v, colour) in enumerate(rows):
+        lo, hi = v["ci95_points"]
+        ax.errorbar(v["points"], i, xerr=[[v["points"] - lo], [hi - v["points"]]], fmt="o", color=colour, capsize=5)
+        ax.text(hi + 2, i, f"{v['points']:+.0f} [{lo:+.0f}, {hi:+.0f}]", va="center", fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-105, 130)
+    ax.set_xlabel("percentage points (95 % CI)")
+    ax.set_title("transfer: what the twin says vs what the robot does", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -202,14 +337,72 @@ def _png(fig) -> bytes:
 
 
 # --- documents ----------------------------------------------------------------------------------------------------
-def markdown(summary: dict, rollouts: list, lineage_info: dict, robot_label: str, figure_files: dict[str, str]) -> str:
+def headline(summary: dict, transfer_info: dict | None, checks: list[dict], robot_name: str) -> list[str]:
+    """The numbers people came for, first: BC and BC + residual on the robot, the pure method gain, the twin
+    fidelity gap, each with its interval; a failed behaviour check is said before any of them."""
+    pol, d, p = summary["policies"], summary["difference"], summary["paired"]
+    bc, rl = pol["bc"], pol["bc_residual"]
+    lines = []
+    for c in checks:
+        if not c["passed"]:
+            lines += [f"> **Warning — `{c['name']}`.** {c['description']}.", ""]
+    harmful = any(c["name"] == "residual_not_worse_than_bc" and not c["passed"] for c in checks)
+    gain_word = "Method gain (flagged: the residual makes the robot worse)" if harmful else "Pure method gain"
+    lines += ["## Headline", "", f"| on {robot_name} | success | 95 % interval |", "|---|---|---|",
+              f"| BC alone | {bc['successes']}/{bc['episodes']} ({100 * bc['success_rate']:.0f} %) | "
+              f"{100 * bc['ci95'][0]:.0f}–{100 * bc['ci95'][1]:.0f} % (Wilson) |",
+              f"| BC + residual | {rl['successes']}/{rl['episodes']} ({100 * rl['success_rate']:.0f} %) | "
+              f"{100 * rl['ci95'][0]:.0f}–{100 * rl['ci95'][1]:.0f} % (Wilson) |",
+              f"| **{gain_word}** | **{d['points']:+.1f} points** | {d['ci95_points'][0]:+.1f} to "
+              f"{d['ci95_points'][1]:+.1f} (Newcombe paired; exact McNemar p = {p['mcnemar_exact_p']:.3g}) |"]
+    if transfer_info is not None:
+        g, tw = transfer_info["fidelity_gap"], transfer_info["success"]["twin"]
+        gt, gtw = transfer_info["gain_transfer"], transfer_info["gain"]["twin"]
+        lines += [f"| **Twin fidelity gap** (BC in the twin − BC on the robot) | **{g['points']:+.1f} points** | "
+                  f"{g['ci95_points'][0]:+.1f} to {g['ci95_points'][1]:+.1f} (Newcombe paired; BC twin "
+                  f"{tw['bc']['successes']}/{tw['bc']['episodes']}) |",
+                  f"| Gain in the twin | {gtw['points']:+.1f} points | {gtw['ci95_points'][0]:+.1f} to "
+                  f"{gtw['ci95_points'][1]:+.1f} |",
+                  f"| Twin gain − robot gain (does the twin's gain transfer?) | {gt['points']:+.1f} points | "
+                  f"{gt['ci95_points'][0]:+.1f} to {gt['ci95_points'][1]:+.1f} (normal, per condition) |"]
+    return lines + [""]
+
+
+def transfer_table(transfer_info: dict, robot_name: str) -> list[str]:
+    """Both worlds side by side on the same conditions."""
+    lines = ["## The robot and the twin, same conditions", "",
+             f"{transfer_info['conditions']} conditions, the same cube poses in both worlds.", "",
+             "| world | BC alone | BC + residual | gain (points, 95 % CI) | only BC | only BC + residual | McNemar p |",
+             "|---|---|---|---|---|---|---|"]
+    for world, name in (("robot", robot_name), ("twin", "the twin")):
+        s, g = transfer_info["success"][world], transfer_info["gain"][world]
+        cells = [f"{s[p]['successes']}/{s[p]['episodes']} ({100 * s[p]['ci95'][0]:.0f}–{100 * s[p]['ci95'][1]:.0f} %)"
+                 for p in ("bc", "bc_residual")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {g['points']:+.1f} ({g['ci95_points'][0]:+.1f} to "
+                     f"{g['ci95_points'][1]:+.1f}) | {g['only_bc']} | {g['only_bc_residual']} | "
+                     f"{g['mcnemar_exact_p']:.3g} |")
+    g = transfer_info["fidelity_gap"]
+    lines += ["", f"BC fidelity: {g['only_robot']} conditions BC solves only on the robot, {g['only_twin']} only in "
+              f"the twin (exact McNemar p = {g['mcnemar_exact_p']:.3g}).", ""]
+    return lines
+
+
+def markdown(summary: dict, rollouts: list, lineage_info: dict, robot_label: str, figure_files: dict[str, str],
+             transfer_info: dict | None = None, checks: list[dict] = (), robot_name: str = "the robot") -> str:
     pol, d, p = summary["policies"], summary["difference"], summary["paired"]
     bc, rl = pol["bc"], pol["bc_residual"]
     lines = [f"# Twinloop evaluation: BC alone vs BC + residual on {robot_label}", ""]
     if "sim proxy" in robot_label:
-        lines += ["> **Sim proxy.** These rollouts ran in the USD twin with held-out domain randomization, not on the "
-                  "real arm: they estimate, not measure, the real-robot gain.", ""]
-    lines += [
+        lines += ["> **Sim proxy.** These rollouts ran in the USD twin, not on the (stand-in) real robot: they "
+                  "estimate, not measure, the real-robot gain.", ""]
+    lines += headline(summary, transfer_info, list(checks), robot_name)
+    if transfer_info is not None:
+        lines += transfer_table(transfer_info, robot_name)
+    if checks:
+        lines += ["| behaviour check | result | detail |", "|---|---|---|"]
+        lines += [f"| `{c['name']}` | {'pass' if c['passed'] else 'WARN'} | {c['description']} |" for c in checks]
+        lines += [""]
+    lines += [f"## On {robot_name}", "",
         f"**{summary['pairs']} paired initial conditions.** BC alone {bc['successes']}/{bc['episodes']} "
         f"({100 * bc['success_rate']:.0f} %, 95 % CI {100 * bc['ci95'][0]:.0f}–{100 * bc['ci95'][1]:.0f}); "
         f"BC + residual {rl['successes']}/{rl['episodes']} ({100 * rl['success_rate']:.0f} %, "

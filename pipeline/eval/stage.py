@@ -1,15 +1,21 @@
 """Stage `eval_report`: run BC alone and BC + residual on the same initial conditions and write the report.
 
-    python -m pipeline.eval.stage                          # the twin (sim proxy), as the Dagster asset does
-    python -m pipeline.eval.stage --robot workcell         # the sim workcell: the stand-in real robot
+    python -m pipeline.eval.stage                          # the stand-in robot (sim workcell) and the twin, as
+                                                           # the Dagster asset does
+    python -m pipeline.eval.stage --robot twin             # the twin alone (sim proxy)
     python -m pipeline.eval.stage --robot so101_follower   # a real arm: the operator places cubes and labels outcomes
     python -m pipeline.eval.stage --robot so101_follower --dry-run   # connect, read, move nothing
 
 Paired protocol: condition k (seed eval.seed + k) runs both policies, BC first on even k and BC + residual first on
 odd k, so drift (battery, lighting, wear) does not favour either. Every rollout is recorded as a LeRobot dataset.
 
+With `eval.compare_twin` the same conditions also run in the twin, first: the report's headline is the robot's BC
+and BC + residual success, the pure method gain and the twin fidelity gap, each with its interval, plus the
+behaviour checks `residual_not_worse_than_bc` and `twin_reproduces_bc` (warnings; also Dagster asset checks).
+
 Writes `reports/eval/`: report.html (self-contained), report.md, metrics.json, figures/*.png,
-rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome), config.json.
+rollouts/ (LeRobot v3 dataset; rollouts.csv maps each episode to its policy, condition and outcome),
+twin_rollouts/ (the same for the twin), config.json.
 
 User guide: docs/eval.md.
 """
@@ -163,10 +169,14 @@ def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, polic
     return rollouts, (tuple(lo), tuple(hi))
 
 
+ROBOT_NAMES = {"workcell": "the stand-in robot", "so101_follower": "the real SO-101", "twin": "the twin"}
+
+
 def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, rl_dir: Path, out_dir: Path,
                       robot_kind: str | None = None, log=print, workcell_dir: Path | None = None) -> dict:
-    """The evaluation on the twin, on the sim workcell (`robot_kind="workcell"`, the stand-in real robot) or on a
-    real arm (`"so101_follower"`), recorded and reported."""
+    """The paired evaluation on the robot — the sim workcell (`"workcell"`, the stand-in real robot, default), a real
+    arm (`"so101_follower"`) or the twin alone (`"twin"`) — and, with `eval.compare_twin`, the same conditions in the
+    twin: the report puts both worlds side by side (fidelity gap, does the twin's gain transfer)."""
     from tqdm import tqdm
 
     from pipeline.common.artifacts import replace_dir, staging_dir, write_config, write_metrics
@@ -174,9 +184,11 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
 
     cfg = recipe.eval
     kind = robot_kind or cfg.robot
+    workcell_dir = Path(workcell_dir or STAGE_DIRS["sim_workcell"])
+    with_twin = kind != "twin" and cfg.compare_twin
     policies = load_policies(recipe, bc_dir, rl_dir)
     t0 = time.perf_counter()
-    total = cfg.pairs * len(policies)
+    total = cfg.pairs * len(policies) * (2 if with_twin else 1)
     bar = tqdm(total=total, desc="eval rollouts", unit="ep", disable=not sys.stderr.isatty())
     done = {"n": 0}
 
@@ -186,15 +198,17 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
         if done["n"] % max(1, total // 10) == 0 or done["n"] == total:
             log(f"{done['n']}/{total} rollouts; last: {r.policy} on condition {r.condition.index}: {r.outcome}")
 
+    twin_rollouts = twin_robot = None
+    if kind == "twin" or with_twin:  # first: on a real arm the operator is not kept waiting in between
+        twin_rollouts, twin_robot = evaluate_on_twin(recipe, twin_dir, policies, progress)
+    twin_label = ("the USD twin (sim proxy, held-out randomization)" if cfg.randomize else
+                  "the USD twin (sim proxy)")
     if kind == "twin":
-        rollouts, robot = evaluate_on_twin(recipe, twin_dir, policies, progress)
-        robot_label = "the USD twin (sim proxy, held-out randomization)" if cfg.randomize else \
-            "the USD twin (sim proxy)"
-        bin_box = (tuple(robot.bin_centre[:2] - robot.bin_half), tuple(robot.bin_centre[:2] + robot.bin_half))
-        robot_type = "so101_follower_twin"
+        rollouts, robot_label, robot_type = twin_rollouts, twin_label, "so101_follower_twin"
+        bin_box = (tuple(twin_robot.bin_centre[:2] - twin_robot.bin_half),
+                   tuple(twin_robot.bin_centre[:2] + twin_robot.bin_half))
     elif kind == "workcell":
-        rollouts, bin_box = evaluate_on_workcell(recipe, Path(workcell_dir or STAGE_DIRS["sim_workcell"]), bc_dir,
-                                                 policies, progress)
+        rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, policies, progress)
         robot_label = "the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads them)"
         robot_type = "so101_follower_workcell"
     else:
@@ -203,31 +217,51 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
         robot_type = "so101_follower"
     bar.close()
     seconds = time.perf_counter() - t0
+    robot_name = ROBOT_NAMES[kind]
     summary = report.summarize(rollouts, recipe.workcell.fps)
-    log(f"BC {summary['policies']['bc']['successes']}/{summary['pairs']}, BC + residual "
+    transfer_info = report.transfer(rollouts, twin_rollouts) if with_twin else None
+    checks = report.fidelity_checks(summary, transfer_info, cfg.max_harm_points, robot_name)
+    log(f"{robot_name}: BC {summary['policies']['bc']['successes']}/{summary['pairs']}, BC + residual "
         f"{summary['policies']['bc_residual']['successes']}/{summary['pairs']} ({seconds:.0f} s)")
+    if transfer_info is not None:
+        tw = transfer_info["success"]["twin"]
+        log(f"the twin: BC {tw['bc']['successes']}/{tw['bc']['episodes']}, BC + residual "
+            f"{tw['bc_residual']['successes']}/{tw['bc_residual']['episodes']}; fidelity gap "
+            f"{transfer_info['fidelity_gap']['points']:+.1f} points")
+    for c in checks:
+        if not c["passed"]:
+            log(f"warning ({c['name']}): {c['description']}")
 
     staging = staging_dir(Path(out_dir))
     (staging / "figures").mkdir(parents=True)
     frames = record_rollouts(rollouts, staging / "rollouts", recipe.workcell.fps, recipe.demos.task, robot_type)
+    if with_twin:
+        frames += record_rollouts(twin_rollouts, staging / "twin_rollouts", recipe.workcell.fps, recipe.demos.task,
+                                  "so101_follower_twin")
     res = next(p for p in policies if p.name == "bc_residual")
     used = {"BC checkpoint": Path(bc_dir) / "pretrained_model" / "model.safetensors",
             "residual actor": Path(rl_dir) / res.manifest["residual_actor"]}
-    if kind == "twin":
+    if twin_rollouts is not None:
         used["twin"] = Path(twin_dir) / "twin.usd"
-    elif kind == "workcell":
-        used["workcell (stand-in robot)"] = Path(workcell_dir or STAGE_DIRS["sim_workcell"]) / "workcell.xml"
+    if kind == "workcell":
+        used["workcell (stand-in robot)"] = workcell_dir / "workcell.xml"
     lineage = report.lineage(root, used)
-    figs = report.figures(summary, rollouts, bin_box, res.alpha, cfg.failure_examples)
+    figs = {}
+    if transfer_info is not None:
+        figs["transfer"] = report.transfer_figure(transfer_info, robot_name)
+    figs.update(report.figures(summary, rollouts, bin_box, res.alpha, cfg.failure_examples))
     files = {}
     for name, png in figs.items():
         (staging / "figures" / f"{name}.png").write_bytes(png)
         files[name] = f"figures/{name}.png"
-    md = report.markdown(summary, rollouts, lineage, robot_label, files)
+    md = report.markdown(summary, rollouts, lineage, robot_label, files, transfer_info, checks, robot_name)
     (staging / "report.md").write_text(md)
     (staging / "report.html").write_text(report.html_document(md, figs))
     metrics = {"robot": kind, "robot_label": robot_label, **summary, "rollout_frames": frames,
-               "seconds": round(seconds, 1), "lineage": lineage}
+               "seconds": round(seconds, 1), "checks": checks, "lineage": lineage}
+    if transfer_info is not None:
+        metrics["twin"] = {"label": twin_label, **report.summarize(twin_rollouts, recipe.workcell.fps)}
+        metrics["transfer"] = transfer_info
     write_metrics(staging, metrics)
     write_config(staging, {"eval": cfg.model_dump(mode="json")})
     replace_dir(staging, Path(out_dir))

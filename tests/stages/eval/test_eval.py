@@ -152,7 +152,7 @@ def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
                                    "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
                                    "      nfiles: 3\n")
     small = recipe.model_copy(update={"eval": recipe.eval.model_copy(
-        update={"pairs": 3, "episode_seconds": 0.5, "failure_examples": 2})})
+        update={"robot": "twin", "randomize": True, "pairs": 3, "episode_seconds": 0.5, "failure_examples": 2})})
     out = tmp / "reports" / "eval"
     metrics = build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], rl, out, log=lambda m: None)
     return {"out": out, "metrics": metrics, "recipe": small, "root": root, "tmp": tmp}
@@ -409,26 +409,112 @@ def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_
         blind.disconnect()
 
 
-def test_workcell_evaluation_reports_the_stand_in_robot(tmp_path, small_recipe, workcell_xml, tiny_bc):
-    """`eval.robot: workcell`: the same paired protocol and report, on the stand-in real robot, with the cameras the
-    BC checkpoint reads recorded in the rollouts."""
+def test_workcell_evaluation_reports_the_stand_in_robot_beside_the_twin(tmp_path, small_recipe, workcell_xml, tiny_bc,
+                                                                       synthetic_twin):
+    """The default `eval.robot: workcell` with `compare_twin`: the same paired protocol on the stand-in real robot
+    (the cameras the BC checkpoint reads recorded in the rollouts) and, on the same cube poses, in the twin; the
+    report's headline, transfer numbers and behaviour checks come from those rollouts."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from pipeline.eval.report import transfer
     from pipeline.eval.stage import ROLLOUTS_REPO_ID, build_eval_report, cameras_read_by
 
     rl = _rl_dir(tmp_path / "rl", tiny_bc[0], _actor("constant", 0.3))
     root = tmp_path / "project"
     root.mkdir()
+    assert small_recipe.eval.robot == "workcell" and small_recipe.eval.compare_twin  # the default recipe's choice
     recipe = small_recipe.model_copy(update={"eval": small_recipe.eval.model_copy(
-        update={"robot": "workcell", "pairs": 2, "episode_seconds": 0.4, "failure_examples": 1})})
+        update={"pairs": 2, "episode_seconds": 0.4, "failure_examples": 1})})
     out = tmp_path / "reports" / "eval"
-    metrics = build_eval_report(recipe, root, tmp_path / "no-twin", tiny_bc[0], rl, out, log=lambda m: None,
+    metrics = build_eval_report(recipe, root, synthetic_twin["path"].parent, tiny_bc[0], rl, out, log=lambda m: None,
                                 workcell_dir=workcell_xml.parent)
     assert metrics["robot"] == "workcell" and "stand-in real robot" in metrics["robot_label"]
     assert metrics["pairs"] == 2 and all(metrics["policies"][p]["episodes"] == 2 for p in ("bc", "bc_residual"))
-    assert "stand-in real robot" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    head = md.split("## On")[0]
+    assert "stand-in real robot" in md and "Twin fidelity gap" in head
+    assert ("Pure method gain" in head) != ("flagged" in head)  # the gain is a result unless the robot got worse
     data = LeRobotDataset(ROLLOUTS_REPO_ID, root=out / "rollouts")
     cams = cameras_read_by(tiny_bc[0])
     assert set(data.meta.video_keys) == {f"observation.images.{c}" for c in cams}
     assert data.meta.robot_type == "so101_follower_workcell" and data.meta.total_episodes == 4
-    assert metrics["lineage"]["files"]["workcell (stand-in robot)"]["md5"]
+    twin_data = LeRobotDataset(ROLLOUTS_REPO_ID, root=out / "twin_rollouts")
+    assert twin_data.meta.robot_type == "so101_follower_twin" and twin_data.meta.total_episodes == 4
+    assert metrics["lineage"]["files"]["workcell (stand-in robot)"]["md5"] and metrics["lineage"]["files"]["twin"]
+    # the same cube poses in both worlds; the transfer numbers recomputed from the two rollout tables
+    worlds = {}
+    for name, folder in (("robot", "rollouts"), ("twin", "twin_rollouts")):
+        with open(out / folder / "rollouts.csv") as f:
+            worlds[name] = list(csv.DictReader(f))
+    assert [(r["condition"], r["cube_x"], r["cube_y"]) for r in worlds["robot"]] == \
+        [(r["condition"], r["cube_x"], r["cube_y"]) for r in worlds["twin"]]
+    rows = {w: [_StoredRollout(r) for r in rs] for w, rs in worlds.items()}
+    assert metrics["transfer"] == json.loads(json.dumps(transfer(rows["robot"], rows["twin"])))
+    assert {c["name"] for c in metrics["checks"]} == {"residual_not_worse_than_bc", "twin_reproduces_bc"}
+    assert (out / "figures" / "transfer.png").is_file()
+
+
+class _StoredRollout:
+    """A row of rollouts.csv with the attributes the report reads."""
+
+    def __init__(self, row: dict):
+        from types import SimpleNamespace
+
+        self.policy, self.outcome = row["policy"], row["outcome"]
+        self.success = row["outcome"] == "success"
+        self.seconds = float(row.get("seconds", 1.0))
+        self.condition = SimpleNamespace(index=int(row["condition"]))
+
+
+def _rollouts(table: dict[str, str]) -> list:
+    """Rollouts from {policy: "1101..."} (condition k succeeds where character k is 1)."""
+    return [_StoredRollout({"policy": p, "condition": k, "outcome": "success" if ch == "1" else "no_grasp"})
+            for p, flags in table.items() for k, ch in enumerate(flags)]
+
+
+def test_transfer_numbers_on_a_hand_checked_table():
+    """Ten conditions. Robot: BC solves 0-5 (6/10), BC + residual 0-3 and 6-9 (8/10): gain +20 (2 only-BC, 4
+    only-residual). Twin: BC solves 0-2 (3/10), BC + residual 0-8 (9/10): gain +60, fidelity gap 3 - 6 = -30 points
+    (BC solves 3, 4, 5 only on the robot, nothing only in the twin). Per condition, twin gain - robot gain:
+    conditions 4, 5 give (1-0) - (0-1) = +2, 3 gives (1-0) - (1-1) = +1, 6-8 give (1-0) - (1-0) = 0, 9 gives
+    (0-0) - (1-0) = -1, 0-2 give 0: mean 4/10 = +40 points."""
+    from scipy.stats import binomtest
+
+    from pipeline.common.stats import paired_difference_interval
+    from pipeline.eval.report import fidelity_checks, summarize, transfer
+
+    robot = _rollouts({"bc": "1111110000", "bc_residual": "1111001111"})
+    twin = _rollouts({"bc": "1110000000", "bc_residual": "1111111110"})
+    t = transfer(robot, twin)
+    assert t["conditions"] == 10
+    assert t["success"]["robot"]["bc"]["successes"] == 6 and t["success"]["twin"]["bc_residual"]["successes"] == 9
+    assert t["gain"]["robot"]["points"] == pytest.approx(20.0)
+    assert (t["gain"]["robot"]["only_bc"], t["gain"]["robot"]["only_bc_residual"]) == (2, 4)
+    assert t["gain"]["twin"]["points"] == pytest.approx(60.0)
+    gap = t["fidelity_gap"]
+    assert gap["points"] == pytest.approx(-30.0) and (gap["only_robot"], gap["only_twin"]) == (3, 0)
+    assert gap["mcnemar_exact_p"] == pytest.approx(binomtest(3, 3, 0.5).pvalue)  # 0.25
+    bc_robot = [True] * 6 + [False] * 4
+    bc_twin = [True] * 3 + [False] * 7
+    _, low, high = paired_difference_interval(bc_robot, bc_twin)
+    assert gap["ci95_points"] == pytest.approx([100 * low, 100 * high])
+    per = np.array([0, 0, 0, 1, 2, 2, 0, 0, 0, -1], dtype=float)
+    half = 1.959964 * per.std(ddof=1) / math.sqrt(10)
+    assert t["gain_transfer"]["points"] == pytest.approx(40.0)
+    assert t["gain_transfer"]["ci95_points"] == pytest.approx([100 * (0.4 - half), 100 * (0.4 + half)], abs=1e-3)
+
+    # behaviour checks: BC 6/10 (Wilson 31-83 %) on the robot and 3/10 (11-60 %) in the twin overlap
+    checks = {c["name"]: c for c in fidelity_checks(summarize(robot, 30), t, max_harm_points=10)}
+    assert checks["twin_reproduces_bc"]["passed"] and checks["residual_not_worse_than_bc"]["passed"]
+    # a residual that loses 3 of BC's 6 successes on the robot is flagged, naming the numbers
+    harmful = _rollouts({"bc": "1111110000", "bc_residual": "1110000000"})
+    check = {c["name"]: c for c in fidelity_checks(summarize(harmful, 30), None, max_harm_points=10)}
+    assert not check["residual_not_worse_than_bc"]["passed"]
+    assert "3/10 vs BC alone 6/10, -30.0 points" in check["residual_not_worse_than_bc"]["description"]
+    assert "twin_reproduces_bc" not in check  # no twin rollouts, no fidelity check
+    # a twin where BC fails everything while the robot succeeds 9 of 10: the intervals do not overlap
+    good_robot = _rollouts({"bc": "1111111110", "bc_residual": "1111111110"})
+    bad_twin = _rollouts({"bc": "0000000000", "bc_residual": "0000000000"})
+    check = {c["name"]: c for c in fidelity_checks(summarize(good_robot, 30), transfer(good_robot, bad_twin), 10)}
+    assert not check["twin_reproduces_bc"]["passed"]
+    assert "the twin is the worse world" in check["twin_reproduces_bc"]["description"]

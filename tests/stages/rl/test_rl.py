@@ -106,3 +106,22 @@ def test_training_writes_a_checkpoint_exports_the_actor_and_resumes(tmp_path, sy
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_iteration"] == 2 and metrics["train_env_steps"] == 1 * 4 * 4
+
+
+def test_the_residual_starts_at_exactly_zero_and_still_explores():
+    """`zero_residual_head`: before training, the actor's mean residual is 0 for any observation (BC + residual is
+    BC), while PPO's sampled actions still spread by the Gaussian's std."""
+    import torch
+    from rsl_rl.models import MLPModel
+    from tensordict import TensorDict
+
+    from pipeline.rl.stage import zero_residual_head
+
+    obs = TensorDict({"policy": torch.randn(64, 18)}, batch_size=[64])
+    actor = MLPModel(obs, {"actor": ["policy"]}, "actor", 6, hidden_dims=[32, 32], obs_normalization=True,
+                     distribution_cfg={"class_name": "GaussianDistribution", "init_std": 0.3})
+    assert actor(obs).abs().max() > 0  # rsl_rl's own initialization: a random offset
+    zero_residual_head(actor)
+    assert torch.equal(actor(obs), torch.zeros(64, 6))
+    sampled = actor(obs, stochastic_output=True)
+    assert 0.2 < float(sampled.std()) < 0.4
