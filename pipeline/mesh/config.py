@@ -6,7 +6,17 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pipeline.common.sections import Section, Vec3, Joint6, Positive
+from pipeline.common.sections import Section, Vec3, Joint6, Positive, Range
+
+
+class ObjectGate(Section):
+    """Thresholds of one object's geometry against the capture's ground truth (null: that quantity not gated)."""
+
+    max_size_error_mm: Positive | None = 3.0  # per axis: footprint long side, short side, height
+    max_centre_error_mm: Positive | None = 5.0
+    max_yaw_error_deg: Positive | None = 10.0  # modulo the footprint's symmetry (90 deg for a square one)
+    volume_ratio: Range | None = Range(low=0.8, high=1.25)  # reconstructed solid / true volume
+    mass_ratio: Range | None = Range(low=0.8, high=1.25)  # dynamic objects: volume x object_density_kg_m3 / true
 
 class MeshConfig(Section):
     """Stage `collision_mesh`: depth rendered from the splat at the capture views, fused into a TSDF (Open3D), cleaned,
@@ -57,3 +67,10 @@ class MeshConfig(Section):
     # gates (blocking asset checks)
     expected_objects: Annotated[int, Field(ge=0)] | None = 2  # the cube and the bin; null: not checked
     max_chamfer_mm: Positive = 5.0  # to the capture's ground-truth depth, when it has one (sim)
+    # per object, where the capture has ground truth (sim): `default` applies to objects not named here
+    object_gates: dict[str, ObjectGate] = {
+        "default": ObjectGate(),
+        # a thin-walled bin: its walls are one or two solid cells thick, so its volume is not a measure of it;
+        # static, so it has no mass
+        "bin": ObjectGate(max_size_error_mm=6.0, volume_ratio=None, mass_ratio=None),
+    }

@@ -34,6 +34,7 @@ from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
                                   render_depths, robot_surface_points)
 from pipeline.mesh.segment import cluster_objects, fit_support_plane, height_field_solid, support_box
+from pipeline.mesh.object_gate import object_gate, summary_line
 from pipeline.mesh.truth import chamfer_mm, ground_truth_objects, load_scene_state, reference_points
 from pipeline.common.ply import PlyError
 from pipeline.splat.gaussians import load_ply
@@ -123,6 +124,11 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         accuracy = chamfer_mm(points, reference)
         log(f"Chamfer distance to the capture's ground-truth depth: {accuracy['chamfer_mm']:.2f} mm")
     objects = [p for p in scene["parts"] if p["role"] == "object"]
+    gate = object_gate(scene["parts"], truth_objects, cfg.object_gates)
+    for name, errors in gate["objects"].items():
+        log("object " + summary_line(name, errors))
+    for problem in gate["problems"]:
+        log(f"object geometry gate: {problem}")
     metrics = {
         "parts": len(scene["parts"]), "objects_found": len(objects), "objects_expected": cfg.expected_objects,
         "object_names": [p["name"] for p in objects],
@@ -136,6 +142,8 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         "visual_triangles": len(mesh.triangles), "fused_triangles": raw_triangles,
         **({k: round(v, 3) for k, v in accuracy.items()} if accuracy else {"chamfer_mm": None}),
         "max_chamfer_mm": cfg.max_chamfer_mm, "ground_truth": "capture depth" if accuracy else None,
+        "object_geometry": gate["objects"], "object_gate_measured": gate["measured"],
+        "object_gate_problems": gate["problems"],
         "render_seconds": round(t_render, 1), "seconds": round(time.perf_counter() - t0, 1),
         "device": torch_device.type, "views": len(capture.frames),
     }

@@ -54,22 +54,27 @@ def chamfer_mm(reconstruction: np.ndarray, reference: np.ndarray) -> dict[str, f
 
 def ground_truth_objects(workcell_xml: Path, scene_state: dict) -> list[dict]:
     """The task objects of the sim workcell at capture time: each free body (the cube, posed as the capture recorded
-    it) and each group of static world geoms sharing a name prefix (`bin_floor`, `bin_wall_px`... -> `bin`), with
-    their world bounding boxes."""
+    it) and each group of static world geoms sharing a name prefix (`bin_floor`, `bin_wall_px`... -> `bin`): world
+    bounding box, oriented size (footprint long side, short side, height; metres), yaw of the footprint's long side
+    (degrees), solid volume (the sum of the box geoms), mass (free bodies; static objects have none)."""
     import mujoco
 
     from pipeline.workcell.build import ROBOT_BODIES
 
     model = mujoco.MjModel.from_xml_path(str(workcell_xml))
     data = mujoco.MjData(model)
+    free_bodies = set()
     for j in range(model.njnt):
-        if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE and "cube_position" in scene_state:
-            adr = model.jnt_qposadr[j]
-            data.qpos[adr:adr + 3] = scene_state["cube_position"]
-            data.qpos[adr + 3:adr + 7] = scene_state["cube_quat_wxyz"]
+        if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE:
+            free_bodies.add(int(model.jnt_bodyid[j]))
+            if "cube_position" in scene_state:
+                adr = model.jnt_qposadr[j]
+                data.qpos[adr:adr + 3] = scene_state["cube_position"]
+                data.qpos[adr + 3:adr + 7] = scene_state["cube_quat_wxyz"]
     mujoco.mj_kinematics(model, data)
     robot = {model.body(name).id for name in ROBOT_BODIES}
-    groups: dict[str, list[np.ndarray]] = {}
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
+    bodies: dict[str, int] = {}
     for g in range(model.ngeom):
         body = model.geom_bodyid[g]
         if body in robot:
@@ -78,14 +83,29 @@ def ground_truth_objects(workcell_xml: Path, scene_state: dict) -> list[dict]:
         if name in _NOT_OBJECTS or model.geom_type[g] != mujoco.mjtGeom.mjGEOM_BOX:
             continue
         half = model.geom_size[g]
+        rot = data.geom_xmat[g].reshape(3, 3)
         corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
-        groups.setdefault(name, []).append(corners @ data.geom_xmat[g].reshape(3, 3).T + data.geom_xpos[g])
+        groups.setdefault(name, []).append((corners @ rot.T + data.geom_xpos[g], rot, float(np.prod(2 * half))))
+        bodies[name] = int(body)
     objects = []
-    for name, corners in sorted(groups.items()):
-        corners = np.concatenate(corners)
+    for name, geoms in sorted(groups.items()):
+        corners = np.concatenate([c for c, _, _ in geoms])
         lo, hi = corners.min(0), corners.max(0)
+        # the footprint's axes: those of the largest box (a cube's own, a bin's floor)
+        rot = max(geoms, key=lambda item: item[2])[1]
+        yaw = float(np.arctan2(rot[1, 0], rot[0, 0]))
+        c, s = np.cos(yaw), np.sin(yaw)
+        local = corners[:, :2] @ np.array([[c, -s], [s, c]])
+        extent = local.max(0) - local.min(0)
+        if extent[1] > extent[0]:
+            extent, yaw = extent[::-1], yaw + np.pi / 2
+        body = bodies[name]
+        dynamic = body in free_bodies
         objects.append({"name": name, "bbox_min": lo.tolist(), "bbox_max": hi.tolist(),
-                        "centre": ((lo + hi) / 2).tolist()})
+                        "centre": ((lo + hi) / 2).tolist(),
+                        "size_m": [float(extent[0]), float(extent[1]), float(hi[2] - lo[2])],
+                        "yaw_deg": float(np.degrees(yaw)), "volume_m3": float(sum(v for _, _, v in geoms)),
+                        "mass_kg": float(model.body_mass[body]) if dynamic else None, "dynamic": dynamic})
     return objects
 
 

@@ -194,7 +194,7 @@ def test_usd_twin_asset(project):
 def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_twin, tiny_bc, tiny_project):
     """The Dagster asset in a throw-away DVC project holding the generated twin and the tiny BC checkpoint (its own
     project, not the chain's above: the twin here is the synthetic one, tests/conftest.py's)."""
-    from assets.rl import residual_not_worse_than_bc, rl_policy, rl_policy_is_loadable
+    from assets.rl import residual_helps_in_twin, rl_policy, rl_policy_is_loadable
     from resources import default_resources
 
     project = tiny_project(tmp_path / "project", {
@@ -202,7 +202,7 @@ def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_tw
         "project": {"dvc_remote": ""},
     }, models={"models/twin": synthetic_twin["path"].parent, "models/bc": tiny_bc[0]})
 
-    result = dg.materialize([rl_policy, rl_policy_is_loadable, residual_not_worse_than_bc],
+    result = dg.materialize([rl_policy, rl_policy_is_loadable, residual_helps_in_twin],
                             resources=default_resources(str(project)))
     assert result.success
     mat = result.asset_materializations_for_node("rl_policy")[0]

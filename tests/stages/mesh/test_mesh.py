@@ -23,7 +23,7 @@ def _disc_quat(normal: str) -> list[float]:
 
 
 def _surface_gaussians(with_table: bool = True, with_cube: bool = True, wall: bool = False,
-                       opacity: float = 0.99) -> dict[str, torch.Tensor]:
+                       opacity: float = 0.99, cube_edge: float = CUBE) -> dict[str, torch.Tensor]:
     """Flat opaque discs tiling a table top and the five visible faces of a cube (or a vertical wall)."""
     means, quats = [], []
 
@@ -37,12 +37,12 @@ def _surface_gaussians(with_table: bool = True, with_cube: bool = True, wall: bo
     if wall:
         tile([(0.3, -0.2 + y, TABLE_Z + z) for y in g for z in g[:50]], "x")
     if with_cube:
-        c = np.arange(0.0015, CUBE, 0.003)
-        x0, y0, z0 = CUBE_XY[0] - CUBE / 2, CUBE_XY[1] - CUBE / 2, TABLE_Z
-        tile([(x0 + a, y0 + b, z0 + CUBE) for a in c for b in c], "z")
-        for x in (x0, x0 + CUBE):
+        c = np.arange(0.0015, cube_edge, 0.003)
+        x0, y0, z0 = CUBE_XY[0] - cube_edge / 2, CUBE_XY[1] - cube_edge / 2, TABLE_Z
+        tile([(x0 + a, y0 + b, z0 + cube_edge) for a in c for b in c], "z")
+        for x in (x0, x0 + cube_edge):
             tile([(x, y0 + a, z0 + b) for a in c for b in c], "x")
-        for y in (y0, y0 + CUBE):
+        for y in (y0, y0 + cube_edge):
             tile([(x0 + a, y, z0 + b) for a in c for b in c], "y")
     n = len(means)
     scales = np.tile([math.log(0.0025), math.log(0.0025), math.log(0.0003)], (n, 1))
@@ -217,3 +217,83 @@ def test_chamfer_of_shifted_copies():
     result = chamfer_mm(points, points + [0, 0, 0.002])
     assert result["chamfer_mm"] == pytest.approx(2.0, abs=1e-6)
     assert result["reconstruction_to_truth_mm"] == pytest.approx(2.0, abs=1e-6)
+
+
+def _cube_truth(edge: float = CUBE, yaw_deg: float = 0.0) -> dict:
+    """Ground truth of a cube standing on the table at CUBE_XY, as `ground_truth_objects` reports it."""
+    return {"name": "cube", "centre": [CUBE_XY[0], CUBE_XY[1], TABLE_Z + edge / 2], "size_m": [edge, edge, edge],
+            "yaw_deg": yaw_deg, "volume_m3": edge**3, "mass_kg": 960.0 * edge**3, "dynamic": True}
+
+
+def test_object_gate_fails_a_cube_a_third_too_small_naming_object_axis_and_error(tmp_path):
+    """The synthetic scene with its cube shrunk to 70 % of the true edge (a third of its volume): the scene-wide
+    Chamfer gate could not tell, the object gate names the cube, each axis and the error; the true-size cube of the
+    same scene passes."""
+    from pipeline.mesh.object_gate import object_gate
+
+    gates = MeshConfig().object_gates
+    true_edge = CUBE
+    _build(tmp_path / "small", _surface_gaussians(cube_edge=0.7 * true_edge), size=(320, 240), trunc_voxels=2,
+           expected_objects=1)  # the splat's cube is smaller than the real one
+    scene = json.loads((tmp_path / "small" / "mesh" / "scene.json").read_text())
+    part = next(p for p in scene["parts"] if p["role"] == "object")
+    part["name"] = "cube"  # what `_name_objects` does with a capture's ground truth
+    result = object_gate(scene["parts"], [_cube_truth(true_edge)], gates)
+    assert result["measured"]
+    problems = "\n".join(result["problems"])
+    for axis in ("long side", "short side", "height"):
+        assert f"cube: {axis} " in problems, problems
+    cube = result["objects"]["cube"]
+    assert all(-12 < e < -6 for e in cube["size_error_mm"]), cube  # about -9 mm on each axis
+    assert "cube: volume 0." in problems and 0.2 < cube["volume_ratio"] < 0.5
+    assert "cube: mass" in problems and "g vs 25.9 g" in problems  # the true cube: 960 kg/m3 x (3 cm)^3
+    # a missing object is named too; an object without thresholds (no `default`) is measured, not gated
+    missing = object_gate([p for p in scene["parts"] if p["role"] == "support"], [_cube_truth(true_edge)], gates)
+    assert missing["problems"] and missing["problems"][0].startswith("cube: not found on the support")
+    ungated = object_gate(scene["parts"], [_cube_truth(true_edge)], {})
+    assert ungated["problems"] == [] and ungated["objects"]["cube"]["volume_ratio"] == cube["volume_ratio"]
+    assert object_gate(scene["parts"], None, gates) == {"measured": False, "objects": {}, "problems": []}
+
+    _build(tmp_path / "true", _surface_gaussians(), size=(320, 240), trunc_voxels=2, expected_objects=1)
+    scene = json.loads((tmp_path / "true" / "mesh" / "scene.json").read_text())
+    part = next(p for p in scene["parts"] if p["role"] == "object")
+    part["name"] = "cube"
+    result = object_gate(scene["parts"], [_cube_truth(true_edge)], gates)
+    assert result["problems"] == [], result
+
+
+def test_yaw_error_respects_the_footprint_symmetry():
+    from pipeline.mesh.object_gate import object_errors, yaw_error_deg
+
+    assert yaw_error_deg(88.0, 2.0, 90.0) == pytest.approx(4.0)  # a square: 88 deg is 2 deg from 0
+    assert yaw_error_deg(178.0, 2.0, 180.0) == pytest.approx(4.0)
+    assert yaw_error_deg(92.0, 2.0, 180.0) == pytest.approx(90.0)  # a rectangle turned a quarter
+    part = {"size_m": [0.02, 0.05, 0.03], "yaw_deg": 0.0, "centre": [0.0, 0.0, 0.015], "volume_m3": 3e-5,
+            "mass_kg": 0.0288}
+    truth = {"size_m": [0.05, 0.02, 0.03], "yaw_deg": 90.0, "centre": [0.003, 0.004, 0.015], "volume_m3": 3e-5,
+             "mass_kg": 0.03}
+    e = object_errors(part, truth)  # the same box, its sides listed the other way round
+    assert e["size_error_mm"] == [0.0, 0.0, 0.0] and e["yaw_error_deg"] == 0.0
+    assert e["centre_error_mm"] == pytest.approx(5.0) and e["mass_ratio"] == pytest.approx(0.96)
+
+
+def test_ground_truth_objects_of_the_workcell(workcell_xml, recipe):
+    """The sim workcell's cube (posed as a capture recorded it) and bin: oriented size, yaw, volume, mass."""
+    from pipeline.mesh.truth import ground_truth_objects
+
+    yaw = math.radians(30.0)
+    state = {"cube_position": [0.2, 0.03, recipe.workcell.cube.size / 2],
+             "cube_quat_wxyz": [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]}
+    objects = {o["name"]: o for o in ground_truth_objects(workcell_xml, state)}
+    assert set(objects) == {"cube", "bin"}
+    cube, edge = objects["cube"], recipe.workcell.cube.size
+    assert cube["size_m"] == pytest.approx([edge] * 3) and cube["dynamic"]
+    assert cube["yaw_deg"] % 90 == pytest.approx(30.0)
+    assert cube["volume_m3"] == pytest.approx(edge**3) and cube["mass_kg"] == pytest.approx(recipe.workcell.cube.mass)
+    assert cube["centre"] == pytest.approx(state["cube_position"], abs=1e-9)
+    b = recipe.workcell.bin
+    bin_ = objects["bin"]
+    assert not bin_["dynamic"] and bin_["mass_kg"] is None
+    outer = b.inner_size_xy[0] + 2 * b.wall_thickness
+    assert bin_["size_m"][:2] == pytest.approx([outer, outer], abs=1e-6)
+    assert bin_["centre"][:2] == pytest.approx(b.center_xy, abs=1e-6)
