@@ -140,17 +140,18 @@ def test_scene_capture_and_gaussian_splat_assets(project):
 
 
 def test_collision_mesh_asset(project):
-    """Runs after the splat test above: mesh the (tiny, 30-step) splat, version it, run the four blocking checks."""
+    """Runs after the splat test above: mesh the (tiny, 30-step) splat, version it, run the five blocking checks."""
     from assets.twin import (collision_mesh, hull_count_within_bounds, hulls_are_closed_and_convex,
-                             mesh_matches_ground_truth, objects_found_as_expected)
+                             mesh_matches_ground_truth, objects_found_as_expected, objects_match_ground_truth)
     from resources import default_resources
 
     recipe = yaml.safe_load((project / "params.yaml").read_text())
-    # a 30-step splat of 64x48 photos is a rough surface: no object count and a loose Chamfer bar for this test
-    recipe["mesh"].update(expected_objects=None, max_chamfer_mm=50.0)
+    # a 30-step splat of 64x48 photos is a rough surface: no object count, a loose Chamfer bar and no object
+    # thresholds (the objects are still measured against the capture's ground truth) for this test
+    recipe["mesh"].update(expected_objects=None, max_chamfer_mm=50.0, object_gates={})
     (project / "params.yaml").write_text(yaml.safe_dump(recipe))
     checks = [hulls_are_closed_and_convex, hull_count_within_bounds, mesh_matches_ground_truth,
-              objects_found_as_expected]
+              objects_match_ground_truth, objects_found_as_expected]
     result = dg.materialize([collision_mesh, *checks], resources=default_resources(str(project)))
     assert result.success
     mat = result.asset_materializations_for_node("collision_mesh")[0]
@@ -161,6 +162,8 @@ def test_collision_mesh_asset(project):
     assert set(evaluations) == {next(iter(c.check_specs)).name for c in checks}
     assert evaluations["mesh_matches_ground_truth"].metadata["measured"].value is True
     assert evaluations["objects_found_as_expected"].passed  # not checked: expected_objects unset
+    gate = evaluations["objects_match_ground_truth"]  # the sim capture knows its cube and bin
+    assert gate.metadata["measured"].value is True and set(gate.metadata["objects"].value) == {"bin", "cube"}
     assert (project / "models" / "mesh" / "scene.json").is_file()
 
 
