@@ -43,6 +43,11 @@ class SplatConfig(Section):
     lr_sh0: Positive = 2.5e-3
     lr_shN: Positive = 2.5e-3 / 20
     rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    # Geometry regularizers (0 = off). Photometric loss alone makes Gaussians round blobs that look right and sit
+    # wrong: the depth a small object renders drifts behind its surface. `flatten_lambda` x mean smallest scale (mm)
+    # turns Gaussians into surfels (2DGS-like discs); `opacity_lambda` x mean o(1-o) pushes opacities to 0 or 1.
+    flatten_lambda: Annotated[float, Field(ge=0)] = 0.0
+    opacity_lambda: Annotated[float, Field(ge=0)] = 0.0
     background: Vec3 = (0.0, 0.0, 0.0)  # what shows where no Gaussian covers a pixel (the sim renders black there)
     densify: DensifyConfig = DensifyConfig()
     # Checkpoint period in seconds of training (a GPU step takes milliseconds, a CPU one a third of a second): the

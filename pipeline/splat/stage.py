@@ -172,6 +172,18 @@ def initial_gaussians(capture: Capture, views: Views, cfg: SplatConfig) -> dict[
     return init_from_points(xyz, rgb, cfg.sh_degree, cfg.init_opacity, cfg.init_scale)
 
 
+def geometry_regularizer(params: dict[str, torch.Tensor], cfg: SplatConfig) -> torch.Tensor | float:
+    """`flatten_lambda` x the mean smallest scale in mm (surfels, not blobs) + `opacity_lambda` x mean o(1-o)
+    (opaque or gone); 0 when both are off."""
+    term = 0.0
+    if cfg.flatten_lambda > 0:
+        term = term + cfg.flatten_lambda * 1000.0 * torch.exp(params["scales"]).min(dim=-1).values.mean()
+    if cfg.opacity_lambda > 0:
+        o = torch.sigmoid(params["opacities"])
+        term = term + cfg.opacity_lambda * (o * (1 - o)).mean()
+    return term
+
+
 class SplatTrainer:
     """gsplat's simple_trainer loop, resumable, on either renderer."""
 
@@ -263,7 +275,8 @@ class SplatTrainer:
                 target = self.views.images[index]
                 l1 = F.l1_loss(image, target)
                 ssim_value = ssim(image, target)
-                loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim_value)
+                loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim_value) + geometry_regularizer(
+                    self.params, cfg)
                 loss.backward()
                 for opt in self.optimizers.values():
                     opt.step()
