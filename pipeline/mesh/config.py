@@ -67,7 +67,9 @@ class MeshConfig(Section):
     # gates (blocking asset checks)
     expected_objects: Annotated[int, Field(ge=0)] | None = 2  # the cube and the bin; null: not checked
     max_chamfer_mm: Positive = 5.0  # to the capture's ground-truth depth, when it has one (sim)
-    # per object, where the capture has ground truth (sim): `default` applies to objects not named here
+    # per object, where the capture has ground truth (sim): `default` applies to objects not named here.
+    # object_gate_blocks: a failed object gate stops the twin chain (ERROR); false: it warns and the twin is built
+    object_gate_blocks: bool = True
     object_gates: dict[str, ObjectGate] = {
         "default": ObjectGate(),
         # a thin-walled bin: its walls are one or two solid cells thick, so its volume is not a measure of it;

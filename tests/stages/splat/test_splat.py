@@ -378,3 +378,26 @@ def test_synthetic_capture_trains_on_cpu(tiny_recipe, synthetic_capture, tmp_pat
     metrics = build_gaussian_splat(recipe, synthetic_capture, tmp_path / "s", tmp_path / "runs", device="cpu",
                                    progress=False, log=lambda *_: None)
     assert metrics["holdout_psnr_db"] > metrics["initial_holdout_psnr_db"]
+
+
+def test_geometry_regularizers_flatten_gaussians_and_binarize_opacity():
+    """`flatten_lambda` is lambda x mean smallest scale in mm, `opacity_lambda` lambda x mean o(1 - o); descending
+    them alone thins every Gaussian's smallest axis and moves opacities away from 0.5."""
+    import math
+
+    from pipeline.splat.config import SplatConfig
+    from pipeline.splat.stage import geometry_regularizer
+
+    scales = torch.log(torch.tensor([[0.004, 0.002, 0.003], [0.001, 0.005, 0.005]]))
+    opacities = torch.logit(torch.tensor([0.5, 0.9]))
+    params = {"scales": scales.clone().requires_grad_(True), "opacities": opacities.clone().requires_grad_(True)}
+    assert geometry_regularizer(params, SplatConfig()) == 0.0  # off by default
+    cfg = SplatConfig(flatten_lambda=0.01, opacity_lambda=0.1)
+    term = geometry_regularizer(params, cfg)
+    expected = 0.01 * 1000 * (0.002 + 0.001) / 2 + 0.1 * (0.25 + 0.09) / 2
+    assert float(term) == pytest.approx(expected, rel=1e-5)
+    term.backward()
+    grad = params["scales"].grad
+    assert grad[0, 1] > 0 and grad[1, 0] > 0  # only the smallest axis is pushed down
+    assert grad[0, 0] == 0 and grad[1, 1] == 0
+    assert params["opacities"].grad[1] < 0 and math.isclose(float(params["opacities"].grad[0]), 0.0, abs_tol=1e-9)
