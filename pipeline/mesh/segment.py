@@ -210,9 +210,32 @@ def voxel_surface(occupancy: np.ndarray, cell: float):
     return mesh
 
 
+def oriented_extent(points_2d: np.ndarray, trim: float = 0.01, step_deg: float = 0.5) -> tuple[np.ndarray, float]:
+    """Footprint size (long, short) and orientation (radians, in [0, pi/2)) of 2D points: the rotation whose
+    `trim`-to-(1 - `trim`) quantile box has the least area.
+
+    Not `cv2.minAreaRect`: that fits the convex hull, i.e. the few outermost points, and on a small rounded
+    reconstruction (a cube a few capture pixels wide) a millimetre of noise on its rim decides the angle. Quantile
+    boxes weigh every point; a square footprint keeps its least area where its faces are, however rounded its
+    corners."""
+    angles = np.radians(np.arange(0.0, 90.0, step_deg))
+    c, s = np.cos(angles), np.sin(angles)
+    u = points_2d[:, :1] * c + points_2d[:, 1:2] * s  # [N, angles]: the points along each candidate axis ...
+    v = -points_2d[:, :1] * s + points_2d[:, 1:2] * c  # ... and across it
+    lo_u, hi_u = np.quantile(u, [trim, 1 - trim], axis=0)
+    lo_v, hi_v = np.quantile(v, [trim, 1 - trim], axis=0)
+    width, depth = hi_u - lo_u, hi_v - lo_v
+    best = int(np.argmin(width * depth))
+    size = np.array([width[best], depth[best]])
+    angle = float(angles[best])
+    if size[1] > size[0]:  # the long side first, the angle along it
+        size, angle = size[::-1], angle + math.pi / 2
+    return size, angle
+
+
 def _oriented_size(local: np.ndarray, height: float) -> dict:
-    """Footprint (minimum-area rectangle) and height of an object from its points in the plane frame. The footprint
-    is taken over the upper half, 1 % trimmed: TSDF fusion flares the foot of vertical walls outwards."""
+    """Footprint (least-area quantile rectangle) and height of an object from its points in the plane frame. The
+    footprint is taken over the upper half, 1 % trimmed: TSDF fusion flares the foot of vertical walls outwards."""
     upper = local[local[:, 2] > height / 2]
-    _, size, angle = footprint_rectangle((upper if len(upper) >= 10 else local)[:, :2], trim=0.01)
+    size, angle = oriented_extent((upper if len(upper) >= 10 else local)[:, :2], trim=0.01)
     return {"size_m": [float(size[0]), float(size[1]), float(height)], "yaw_deg": math.degrees(angle)}

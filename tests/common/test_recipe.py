@@ -45,3 +45,14 @@ def test_section_hash_tracks_only_its_section():
     changed = parse_recipe({"expert": {"seed": 7}})
     assert base.section_hash("expert") != changed.section_hash("expert")
     assert base.section_hash("workcell") == changed.section_hash("workcell")
+
+
+def test_the_gpu_rl_recipe_is_params_yaml_with_only_the_rl_scale_changed():
+    """bench/params_rl_gpu.yaml is what the GPU rows of bench/RESULTS.md ran: the default recipe, scaled up in
+    `rl` only. If params.yaml changes and it does not follow, the GPU figures describe another recipe."""
+    default = load_recipe(ROOT / "params.yaml").model_dump(mode="json")
+    gpu = load_recipe(ROOT / "bench" / "params_rl_gpu.yaml").model_dump(mode="json")
+    scaled = {"num_envs", "iterations", "save_every", "eval_episodes"}
+    assert {k: v for k, v in gpu.items() if k != "rl"} == {k: v for k, v in default.items() if k != "rl"}
+    assert {k: v for k, v in gpu["rl"].items() if k not in scaled} == \
+        {k: v for k, v in default["rl"].items() if k not in scaled}

@@ -306,3 +306,23 @@ def test_ground_truth_objects_of_the_workcell(workcell_xml, recipe):
     outer = b.inner_size_xy[0] + 2 * b.wall_thickness
     assert bin_["size_m"][:2] == pytest.approx([outer, outer], abs=1e-6)
     assert bin_["centre"][:2] == pytest.approx(b.center_xy, abs=1e-6)
+
+
+def test_oriented_extent_keeps_a_rounded_footprints_orientation_despite_a_stray_point():
+    """A 25 mm square with rounded corners (a small reconstructed cube), turned 30 deg, plus one stray point off a
+    corner: the least-area quantile box finds 30 deg and the side, and the long side comes first."""
+    from pipeline.mesh.segment import oriented_extent
+
+    rng = np.random.default_rng(0)
+    square = rng.uniform(-0.0125, 0.0125, size=(4000, 2))
+    corner = np.maximum(np.abs(square) - 0.0125 + 0.005, 0)
+    square = square[np.hypot(corner[:, 0], corner[:, 1]) <= 0.005]  # corners rounded with a 5 mm radius
+    yaw = math.radians(30.0)
+    rot = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+    points = np.vstack([square @ rot.T, [[0.02, 0.02]]])
+    size, angle = oriented_extent(points, trim=0.01)
+    assert math.degrees(angle) % 90 == pytest.approx(30.0, abs=3.0)
+    assert size == pytest.approx([0.025, 0.025], abs=0.0015)
+    long_rect = np.vstack([rng.uniform([-0.03, -0.01], [0.03, 0.01], size=(2000, 2)) @ rot.T])
+    size, angle = oriented_extent(long_rect, trim=0.01)
+    assert size[0] > size[1] and math.degrees(angle) % 180 == pytest.approx(30.0, abs=1.0)
