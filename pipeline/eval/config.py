@@ -30,6 +30,11 @@ class EvalConfig(Section):
     episode_seconds: Positive = 8.0
     randomize: bool = False  # twin: held-out draws of rl.randomization's ranges (mass, gains, latency, noise);
     # off by default so that the twin column measures the nominal twin against the robot on the same cube poses
+    # what the policy is told of the cube in both sim worlds (the stand-in robot and the twin alike, so the columns
+    # compare): tracked = its live pose, as a tracker on the cell would give (the default BC reads
+    # observation.environment_state and was trained on the live pose); placed = only the placed pose, frozen for
+    # the episode, as on a real arm without a tracker (a real SO-101 always gets this)
+    cube_pose: Literal["tracked", "placed"] = "tracked"
     max_harm_points: Annotated[float, Field(ge=0)] = 10.0  # residual_not_worse_than_bc warns when BC + residual
     # is this many points below BC on the robot, or below it with an exact McNemar p < 0.05
     extra_policies: list[str] = []  # more rl_policy folders (other rl.seed): success variance across policy seeds

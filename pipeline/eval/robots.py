@@ -2,9 +2,11 @@
 send_action, disconnect), so one loop drives any of them:
 
   WorkcellRobot the sim workcell (its own MuJoCo physics, renderer and true cube): the *stand-in real robot* of the
-                default recipe. Like a real arm it reports joints and camera images only, never the cube pose (the
-                loop hands the policy the placed pose, as on a real cell); the outcome is classified from its state
-                into the same failure classes. Its physics is what the twin was rebuilt from, never read by the twin.
+                default recipe. It reports joints and the camera images the policy reads, and the cube pose only as
+                a cube tracker on a real cell would (`eval.cube_pose: tracked`, what the state-based BC was trained
+                on); with `placed` the loop hands the policy the placed pose, as on a real cell without one. The
+                outcome is classified from its state into the same failure classes. Its physics is what the twin
+                was rebuilt from, never read by the twin.
 
   TwinRobot     the USD twin, stepped by MuJoCo's C engine on the model Newton builds from `twin.usd` (the same
                 conversion MJWarp runs in training). Each episode draws held-out domain randomization from its
@@ -149,6 +151,7 @@ class TwinRobotConfig(RobotConfig):
     physics_dt_s: float = 1 / 240
     success_hold_steps: int = 10
     home_joint_pos: dict = field(default_factory=dict)  # sim joint name -> rad (default: isaaclab_so101's home)
+    report_cube_pose: bool = True  # False: like a real arm, no cube pose (the loop hands the placed pose)
 
 
 class TwinRobot(SimulatedRobot):
@@ -218,7 +221,8 @@ class TwinRobot(SimulatedRobot):
         if self.condition.joint_noise_units > 0:
             units = units + self.rng.normal(0.0, self.condition.joint_noise_units, 6)
         obs = dict(zip(LEROBOT_JOINT_NAMES, units.astype(float)))
-        obs.update(zip(ENVIRONMENT_STATE_NAMES, self.d.qpos[self.cube_adr:self.cube_adr + 7].astype(float)))
+        if self.config.report_cube_pose:
+            obs.update(zip(ENVIRONMENT_STATE_NAMES, self.d.qpos[self.cube_adr:self.cube_adr + 7].astype(float)))
         return obs
 
     def send_action(self, action: dict) -> dict:
@@ -321,12 +325,15 @@ class WorkcellRobotConfig(RobotConfig):
     workcell: object = None  # the recipe's WorkcellConfig (cube, bin, cameras, fps)
     render_cameras: tuple[str, ...] = ("front", "wrist")  # rendered into every observation like a real arm's cameras
     success_hold_steps: int = 10
+    # the cube's pose as a tracker on the cell would report it (mocap, a marker on the cube); False: none, as a
+    # real arm without one (the loop then hands the policy the placed pose, frozen for the whole episode)
+    report_cube_pose: bool = False
 
 
 class WorkcellRobot(SimulatedRobot):
     """The sim workcell as a lerobot robot: the stand-in for the user's real SO-101. It reports what a real arm
-    reports (joint positions in so101_follower units, camera images), never the cube pose; each `send_action`
-    advances the workcell by one control period."""
+    reports (joint positions in so101_follower units, camera images) and, with `report_cube_pose`, what a cube
+    tracker would add; each `send_action` advances the workcell by one control period."""
 
     config_class = WorkcellRobotConfig
     name = "twinloop_workcell"
@@ -370,6 +377,8 @@ class WorkcellRobot(SimulatedRobot):
 
     def get_observation(self) -> dict:
         obs = dict(zip(LEROBOT_JOINT_NAMES, self.cell.state().astype(float)))
+        if self.config.report_cube_pose:
+            obs.update(zip(ENVIRONMENT_STATE_NAMES, self.cell.environment_state().astype(float)))
         for cam in self.config.render_cameras:
             obs[cam] = self.cell.render(cam)
         return obs

@@ -114,13 +114,15 @@ def record_rollouts(rollouts: list, out_dir: Path, fps: int, task: str, robot_ty
     return frames
 
 
-def evaluate_on_twin(recipe: Recipe, twin_dir: Path, policies: list, progress=None) -> tuple[list, object]:
+def evaluate_on_twin(recipe: Recipe, twin_dir: Path, policies: list, progress=None, report_cube_pose: bool = True
+                     ) -> tuple[list, object]:
     from pipeline.eval.robots import TwinRobot, TwinRobotConfig
 
     cfg = recipe.eval
     robot = TwinRobot(TwinRobotConfig(id="twin", twin_usd=Path(twin_dir) / "twin.usd", fps=recipe.workcell.fps,
                                       physics_dt_s=recipe.rl.physics_dt_s,
-                                      success_hold_steps=recipe.rl.success_hold_steps))
+                                      success_hold_steps=recipe.rl.success_hold_steps,
+                                      report_cube_pose=report_cube_pose))
     try:
         robot.connect()
     except RobotUnavailable as exc:
@@ -145,13 +147,15 @@ def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
 
 def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, policies: list, progress=None):
     """The same pairs on the sim workcell, the stand-in real robot: the policies see what a real arm gives (joints,
-    the cameras the BC checkpoint reads, the placed cube pose), the workcell's own physics decides the outcome."""
+    the cameras the BC checkpoint reads) and the cube pose as `eval.cube_pose` says (tracked: live, as a tracker on
+    the cell would give; placed: frozen at the placed pose), the workcell's own physics decides the outcome."""
     from pipeline.eval.robots import WorkcellRobot, WorkcellRobotConfig
 
     cfg = recipe.eval
     robot = WorkcellRobot(WorkcellRobotConfig(id="workcell", workcell_xml=Path(workcell_dir) / "workcell.xml",
                                               workcell=recipe.workcell, render_cameras=cameras_read_by(bc_dir),
-                                              success_hold_steps=recipe.rl.success_hold_steps))
+                                              success_hold_steps=recipe.rl.success_hold_steps,
+                                              report_cube_pose=cfg.cube_pose == "tracked"))
     try:
         robot.connect()
     except RobotUnavailable as exc:
@@ -200,16 +204,21 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
 
     twin_rollouts = twin_robot = None
     if kind == "twin" or with_twin:  # first: on a real arm the operator is not kept waiting in between
-        twin_rollouts, twin_robot = evaluate_on_twin(recipe, twin_dir, policies, progress)
-    twin_label = ("the USD twin (sim proxy, held-out randomization)" if cfg.randomize else
-                  "the USD twin (sim proxy)")
+        # a real arm has no cube tracker: its twin column gets the placed pose too, so the worlds compare
+        tracked = cfg.cube_pose == "tracked" and kind != "so101_follower"
+        twin_rollouts, twin_robot = evaluate_on_twin(recipe, twin_dir, policies, progress, report_cube_pose=tracked)
+    cube_seen = ("cube pose tracked" if cfg.cube_pose == "tracked" and kind != "so101_follower" else
+                 "cube pose: the placed one")
+    twin_label = (f"the USD twin (sim proxy, held-out randomization; {cube_seen})" if cfg.randomize else
+                  f"the USD twin (sim proxy; {cube_seen})")
     if kind == "twin":
         rollouts, robot_label, robot_type = twin_rollouts, twin_label, "so101_follower_twin"
         bin_box = (tuple(twin_robot.bin_centre[:2] - twin_robot.bin_half),
                    tuple(twin_robot.bin_centre[:2] + twin_robot.bin_half))
     elif kind == "workcell":
         rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, policies, progress)
-        robot_label = "the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads them)"
+        robot_label = ("the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads "
+                       f"them; {cube_seen})")
         robot_type = "so101_follower_workcell"
     else:
         rollouts, bin_box = evaluate_on_real_arm(recipe, twin_dir, policies, progress)

@@ -355,8 +355,10 @@ def test_real_arm_refuses_without_a_port(tmp_path):
 
 # --- the sim workcell as the stand-in real robot -------------------------------------------------------------------
 def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_bc, tmp_path):
-    """Joints and camera images only (no cube pose: the policy gets the placed pose, as on a real cell); the same
-    paired loop; outcomes from the workcell's own state, a scripted expert's episode classified `success`."""
+    """Joints and camera images only by default (no cube pose: the policy gets the placed pose, as on a real cell);
+    the same paired loop; outcomes from the workcell's own state, a scripted expert's episode classified `success`;
+    with `report_cube_pose` the live cube pose, as a tracker would give."""
+    from pipeline.eval.loop import observation_frame
     from pipeline.eval.policies import BCPolicy, ResidualPolicy
     from pipeline.eval.robots import OUTCOMES, WorkcellRobot, WorkcellRobotConfig, draw_condition, placed_pose
     from pipeline.eval.stage import run_pairs
@@ -407,6 +409,26 @@ def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_
         assert blind.outcome() == "success", blind.outcome()
     finally:
         blind.disconnect()
+
+    # eval.cube_pose: tracked — the cube's live pose, as a tracker on the cell reports it (the default BC reads it):
+    # after the expert carried the cube to the bin, the observation says where it is now, not where it was placed
+    tracked = WorkcellRobot(WorkcellRobotConfig(id="tracked", workcell_xml=workcell_xml, workcell=cfg,
+                                                render_cameras=(), report_cube_pose=True))
+    tracked.connect()
+    try:
+        tracked.start_episode(condition)
+        expert = ScriptedExpert(tracked.cell, small_recipe.expert, condition.seed)
+        expert.plan()
+        while not expert.done() and tracked.steps < int(cfg.episode_seconds * cfg.fps):
+            tracked.send_action(dict(zip(robot.action_features, expert.act())))
+        obs = tracked.get_observation()
+        cube = np.array([obs[k] for k in ("cube_x", "cube_y", "cube_z")])
+        np.testing.assert_allclose(cube, tracked.cube_pos(), atol=1e-9)
+        assert np.linalg.norm(cube[:2] - np.asarray(condition.cube_xy)) > 0.05  # it moved: the pose is live
+        frame = observation_frame(obs, placed_pose(condition, cfg.cube.size / 2))
+        np.testing.assert_allclose(frame["observation.environment_state"][:3], cube, atol=1e-6)
+    finally:
+        tracked.disconnect()
 
 
 def test_workcell_evaluation_reports_the_stand_in_robot_beside_the_twin(tmp_path, small_recipe, workcell_xml, tiny_bc,
