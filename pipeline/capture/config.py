@@ -24,6 +24,16 @@ class BoardConfig(Section):
     min_views: Annotated[int, Field(ge=2)] = 3  # registered images that must see the board
 
 
+class CloseUpOrbit(Section):
+    """More views on a tighter orbit round one spot, as a person filming a cell steps closer to the small things on
+    it: a 25 mm cube is 4 pixels wide from the main orbit at 160x120, too few for its geometry."""
+
+    look_at: Vec3
+    views: Annotated[int, Field(ge=1, le=1000)] = 16
+    distance_m: Range = Range(low=0.25, high=0.35)
+    elevation_deg: Range = Range(low=35.0, high=70.0)
+
+
 class CaptureConfig(Section):
     """Stage `scene_capture`: posed images of the workcell in nerfstudio's transforms.json convention (robot base
     frame, metres). Sources: `sim` renders the sim workcell from known viewpoints (the default recipe); `posed` reads
@@ -42,6 +52,7 @@ class CaptureConfig(Section):
     look_at: Vec3 = (0.15, 0.0, 0.08)
     distance_m: Range = Range(low=0.55, high=0.85)
     elevation_deg: Range = Range(low=20.0, high=65.0)
+    close_ups: list[CloseUpOrbit] = []  # after the main orbit's views, in this order
     seed: int = 0
     # source: video — keep every n-th frame, at most `max_images`
     video_every_nth_frame: Annotated[int, Field(ge=1)] = 10

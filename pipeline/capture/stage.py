@@ -172,19 +172,26 @@ def look_at_camera_to_world(position: np.ndarray, target: np.ndarray, up=(0.0, 0
 
 
 def orbit_viewpoints(cfg: CaptureConfig) -> list[np.ndarray]:
-    """`cfg.views` camera-to-world matrices on a seeded orbit: azimuths spread evenly round the cell (golden-angle
-    order, so every prefix and every k-th subset still surrounds it), elevations and distances stratified."""
+    """`cfg.views` camera-to-world matrices on a seeded orbit round `look_at`, then each close-up orbit's."""
     rng = np.random.default_rng(cfg.seed)
-    n = cfg.views
-    target = np.asarray(cfg.look_at, dtype=float)
+    poses = _orbit(rng, np.asarray(cfg.look_at, dtype=float), cfg.views, cfg.distance_m, cfg.elevation_deg)
+    for close in cfg.close_ups:
+        poses += _orbit(rng, np.asarray(close.look_at, dtype=float), close.views, close.distance_m,
+                        close.elevation_deg)
+    return poses
+
+
+def _orbit(rng: np.random.Generator, target: np.ndarray, n: int, distance_m, elevation_deg) -> list[np.ndarray]:
+    """Azimuths spread evenly round `target` (golden-angle order, so every prefix and every k-th subset still
+    surrounds it), elevations and distances stratified."""
     golden = math.pi * (3 - math.sqrt(5))
     poses = []
     for i in range(n):
         azimuth = i * golden + rng.uniform(-0.05, 0.05)
         u = (i + rng.uniform()) / n  # stratified in [0, 1)
-        elevation = math.radians(cfg.elevation_deg.low + (cfg.elevation_deg.high - cfg.elevation_deg.low)
+        elevation = math.radians(elevation_deg.low + (elevation_deg.high - elevation_deg.low)
                                  * ((i * 0.618034) % 1.0))
-        distance = cfg.distance_m.low + (cfg.distance_m.high - cfg.distance_m.low) * u
+        distance = distance_m.low + (distance_m.high - distance_m.low) * u
         offset = distance * np.array([math.cos(elevation) * math.cos(azimuth),
                                       math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
         poses.append(look_at_camera_to_world(target + offset, target))
@@ -302,7 +309,8 @@ def build_scene_capture(recipe: Recipe, out_dir: Path, workcell_xml: Path | None
             if workcell_xml is None or not Path(workcell_xml).is_file():
                 raise CaptureError(f"capture.source=sim renders the sim workcell, but {workcell_xml} does not "
                                    "exist: materialize `sim_workcell` first")
-            log(f"rendering the sim workcell from {cfg.views} viewpoints at {cfg.width}x{cfg.height}")
+            log(f"rendering the sim workcell from {cfg.views + sum(c.views for c in cfg.close_ups)} viewpoints at "
+                f"{cfg.width}x{cfg.height}")
             extra = render_sim_capture(recipe, Path(workcell_xml), staging, progress=progress, root=root)
         else:
             if not cfg.path:

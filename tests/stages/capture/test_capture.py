@@ -111,3 +111,24 @@ def test_too_few_images_and_missing_inputs_are_refused(capture_recipe, workcell_
 
 def test_holdout_is_every_kth_view(sim_capture):
     assert Capture.load(sim_capture).holdout_indices(4) == [0, 4, 8]
+
+
+def test_close_up_orbits_follow_the_main_orbit_and_look_at_their_spot():
+    """`capture.close_ups`: extra views on a tighter orbit round a spot, after the main orbit's views, which stay
+    exactly what they were without them (a recipe that adds close-ups keeps its other views)."""
+    from pipeline.capture.config import CaptureConfig
+    from pipeline.capture.stage import orbit_viewpoints
+
+    plain = CaptureConfig(views=12)
+    spot = np.array([0.2, 0.0, 0.0125])
+    close = CaptureConfig.model_validate({"views": 12, "close_ups": [
+        {"look_at": spot.tolist(), "views": 5, "distance_m": {"low": 0.25, "high": 0.35}}]})
+    base, more = orbit_viewpoints(plain), orbit_viewpoints(close)
+    assert len(more) == 17
+    for a, b in zip(base, more[:12]):
+        np.testing.assert_array_equal(a, b)
+    for c2w in more[12:]:
+        position, back = c2w[:3, 3], c2w[:3, 2]  # OpenGL/nerfstudio: the camera looks along -z
+        offset = position - spot
+        assert 0.25 <= np.linalg.norm(offset) <= 0.35
+        np.testing.assert_allclose(back, offset / np.linalg.norm(offset), atol=1e-9)
