@@ -170,7 +170,8 @@ class TwinRobot(SimulatedRobot):
     # --- lerobot Robot interface --------------------------------------------------------------------------------
     @property
     def observation_features(self) -> dict:
-        return {**{name: float for name in LEROBOT_JOINT_NAMES}, **{n: float for n in ENVIRONMENT_STATE_NAMES}}
+        cube = ENVIRONMENT_STATE_NAMES if self.config.report_cube_pose else ()
+        return {**{name: float for name in LEROBOT_JOINT_NAMES}, **{n: float for n in cube}}
 
     @property
     def is_connected(self) -> bool:
@@ -346,7 +347,8 @@ class WorkcellRobot(SimulatedRobot):
     @property
     def observation_features(self) -> dict:
         cams = self.config.workcell.cameras
-        return {**{name: float for name in LEROBOT_JOINT_NAMES},
+        cube = ENVIRONMENT_STATE_NAMES if self.config.report_cube_pose else ()
+        return {**{name: float for name in LEROBOT_JOINT_NAMES}, **{n: float for n in cube},
                 **{cam: (cams.height, cams.width, 3) for cam in self.config.render_cameras}}
 
     @property

@@ -422,6 +422,7 @@ def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_
         while not expert.done() and tracked.steps < int(cfg.episode_seconds * cfg.fps):
             tracked.send_action(dict(zip(robot.action_features, expert.act())))
         obs = tracked.get_observation()
+        assert "cube_x" in tracked.observation_features and "cube_x" not in robot.observation_features
         cube = np.array([obs[k] for k in ("cube_x", "cube_y", "cube_z")])
         np.testing.assert_allclose(cube, tracked.cube_pos(), atol=1e-9)
         assert np.linalg.norm(cube[:2] - np.asarray(condition.cube_xy)) > 0.05  # it moved: the pose is live
