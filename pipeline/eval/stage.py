@@ -145,17 +145,18 @@ def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
     return tuple(k[len(prefix):] for k in config.get("input_features", {}) if k.startswith(prefix))
 
 
-def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, policies: list, progress=None):
+def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, policies: list, progress=None,
+                         report_cube_pose: bool = True):
     """The same pairs on the sim workcell, the stand-in real robot: the policies see what a real arm gives (joints,
-    the cameras the BC checkpoint reads) and the cube pose as `eval.cube_pose` says (tracked: live, as a tracker on
-    the cell would give; placed: frozen at the placed pose), the workcell's own physics decides the outcome."""
+    the cameras the BC checkpoint reads) and, with `report_cube_pose`, the live cube pose as a tracker on the cell
+    would give (otherwise the loop hands the placed pose, frozen); the workcell's own physics decides the outcome."""
     from pipeline.eval.robots import WorkcellRobot, WorkcellRobotConfig
 
     cfg = recipe.eval
     robot = WorkcellRobot(WorkcellRobotConfig(id="workcell", workcell_xml=Path(workcell_dir) / "workcell.xml",
                                               workcell=recipe.workcell, render_cameras=cameras_read_by(bc_dir),
                                               success_hold_steps=recipe.rl.success_hold_steps,
-                                              report_cube_pose=cfg.cube_pose == "tracked"))
+                                              report_cube_pose=report_cube_pose))
     try:
         robot.connect()
     except RobotUnavailable as exc:
@@ -203,12 +204,11 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
             log(f"{done['n']}/{total} rollouts; last: {r.policy} on condition {r.condition.index}: {r.outcome}")
 
     twin_rollouts = twin_robot = None
+    # a real arm has no cube tracker: its twin column gets the placed pose too, so the worlds compare
+    tracked = cfg.cube_pose == "tracked" and kind != "so101_follower"
+    cube_seen = "cube pose tracked" if tracked else "cube pose: the placed one"
     if kind == "twin" or with_twin:  # first: on a real arm the operator is not kept waiting in between
-        # a real arm has no cube tracker: its twin column gets the placed pose too, so the worlds compare
-        tracked = cfg.cube_pose == "tracked" and kind != "so101_follower"
         twin_rollouts, twin_robot = evaluate_on_twin(recipe, twin_dir, policies, progress, report_cube_pose=tracked)
-    cube_seen = ("cube pose tracked" if cfg.cube_pose == "tracked" and kind != "so101_follower" else
-                 "cube pose: the placed one")
     twin_label = (f"the USD twin (sim proxy, held-out randomization; {cube_seen})" if cfg.randomize else
                   f"the USD twin (sim proxy; {cube_seen})")
     if kind == "twin":
@@ -216,7 +216,8 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
         bin_box = (tuple(twin_robot.bin_centre[:2] - twin_robot.bin_half),
                    tuple(twin_robot.bin_centre[:2] + twin_robot.bin_half))
     elif kind == "workcell":
-        rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, policies, progress)
+        rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, policies, progress,
+                                                 report_cube_pose=tracked)
         robot_label = ("the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads "
                        f"them; {cube_seen})")
         robot_type = "so101_follower_workcell"

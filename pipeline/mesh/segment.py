@@ -211,8 +211,8 @@ def voxel_surface(occupancy: np.ndarray, cell: float):
 
 
 def oriented_extent(points_2d: np.ndarray, trim: float = 0.01, step_deg: float = 0.5) -> tuple[np.ndarray, float]:
-    """Footprint size (long, short) and orientation (radians, in [0, pi/2)) of 2D points: the rotation whose
-    `trim`-to-(1 - `trim`) quantile box has the least area.
+    """Footprint size (long, short) and the long side's orientation (radians, in [0, pi)) of 2D points: the rotation
+    whose `trim`-to-(1 - `trim`) quantile box has the least area.
 
     Not `cv2.minAreaRect`: that fits the convex hull, i.e. the few outermost points, and on a small rounded
     reconstruction (a cube a few capture pixels wide) a millimetre of noise on its rim decides the angle. Quantile
