@@ -55,6 +55,14 @@ class MeshConfig(Section):
     min_object_area_m2: Positive = 1e-4  # smaller footprints (under 1 cm square) are noise
     # objects become height-field solids on cells of this size: about what one capture pixel covers at 0.7 m
     solid_cell_m: Positive = 0.006
+    # each object's pose and size refitted to its outline in the capture photos (pipeline/mesh/silhouette.py): an
+    # upright box or elliptic cylinder; a convex object becomes the prism, a concave one (a bin) is moved and
+    # scaled into it. The splat's geometry of a small object is biased (a 25 mm cube fuses ~16 mm wide)
+    silhouette_refine: bool = True
+    silhouette_min_iou: Annotated[float, Field(gt=0, le=1)] = 0.6  # a worse fit keeps the splat's geometry
+    silhouette_min_views: Annotated[int, Field(ge=1)] = 8  # views that see the object and its surroundings whole
+    silhouette_margin_m: Positive = 0.02  # the window around the object; its border samples the background
+    silhouette_supersample: Annotated[int, Field(ge=1, le=32)] = 8  # coverage computed on a grid this much finer
     support_thickness_m: Positive = 0.02  # the support becomes a box this thick under the plane
     # convex decomposition (CoACD) and physics
     convex_fill: Annotated[float, Field(gt=0, le=1)] = 0.8  # a solid filling this much of its hull is one hull

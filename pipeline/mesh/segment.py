@@ -233,6 +233,19 @@ def oriented_extent(points_2d: np.ndarray, trim: float = 0.01, step_deg: float =
     return size, angle
 
 
+def footprint_centre(local: np.ndarray, size: dict, trim: float = 0.01) -> np.ndarray:
+    """Centre (plane frame) of the quantile footprint box that `_oriented_size` measured: `local` are the object's
+    points in the plane frame, `size` its result."""
+    height = size["size_m"][2]
+    upper = local[local[:, 2] > height / 2]
+    xy = (upper if len(upper) >= 10 else local)[:, :2]
+    angle = math.radians(size["yaw_deg"])
+    axes = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
+    uv = xy @ axes.T
+    mid = np.quantile(uv, [trim, 1 - trim], axis=0).mean(0)
+    return mid @ axes
+
+
 def _oriented_size(local: np.ndarray, height: float) -> dict:
     """Footprint (least-area quantile rectangle) and height of an object from its points in the plane frame. The
     footprint is taken over the upper half, 1 % trimmed: TSDF fusion flares the foot of vertical walls outwards."""

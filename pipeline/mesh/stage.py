@@ -33,7 +33,8 @@ from pipeline.common.recipe import Recipe
 from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
                                   render_depths, robot_surface_points)
-from pipeline.mesh.segment import cluster_objects, fit_support_plane, height_field_solid, support_box
+from pipeline.mesh.segment import cluster_objects, fit_support_plane, footprint_centre, height_field_solid, support_box
+from pipeline.mesh.silhouette import fit_prism, fit_solid_into, hollow_top, prism_solid
 from pipeline.mesh.object_gate import object_gate, summary_line
 from pipeline.mesh.truth import chamfer_mm, ground_truth_objects, load_scene_state, reference_points
 from pipeline.common.ply import PlyError
@@ -94,7 +95,10 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
                                                                                cfg.support_thickness_m), "size": None}]
     for k, cluster in enumerate(clusters):
         solid, size = height_field_solid(points[cluster], points, plane, cfg.solid_cell_m)
-        parts.append({"name": f"object_{k}", "role": "object", "solid": solid, "size": size})
+        parts.append({"name": f"object_{k}", "role": "object", "solid": solid, "size": size,
+                      "centre_xy": footprint_centre(plane.to_plane(points[cluster]), size)})
+    if cfg.silhouette_refine and len(parts) > 1:
+        _refine_with_photos(parts, plane, points, capture, robot, cfg, log, progress)
     _name_objects(parts, truth_objects)
 
     staging = staging_dir(Path(out_dir))
@@ -166,6 +170,50 @@ def _load_splat(path: Path) -> dict[str, torch.Tensor]:
     if len(splat["means"]) == 0:
         raise MeshError(f"{path}: the splat holds no Gaussians, so there is no surface to mesh")
     return splat
+
+
+def _refine_with_photos(parts: list[dict], plane, points: np.ndarray, capture: Capture, robot: np.ndarray | None,
+                        cfg: MeshConfig, log: Callable[[str], None], progress: bool) -> None:
+    """Each object's pose and size fitted to its outline in the capture photos (`silhouette.fit_prism`), in place:
+    a convex solid becomes the fitted prism, a concave one is moved and scaled into it; `part["silhouette"]` says
+    what was fitted and whether it was used. The robot and the other objects hide what is behind them."""
+    import math
+
+    objects = [p for p in parts if p["role"] == "object"]
+    local = plane.to_plane(points)
+    samples = {id(p): np.asarray(p["solid"].sample(2000, seed=0)) for p in objects}
+    bar = _bar(len(objects), "silhouettes", progress)
+    for part in objects:
+        occluders = ([robot] if robot is not None else []) + [samples[id(o)] for o in objects if o is not part]
+        size, yaw = np.asarray(part["size"]["size_m"]), math.radians(part["size"]["yaw_deg"])
+        fit = fit_prism(capture, plane, part["centre_xy"], yaw, size, occluders, margin_m=cfg.silhouette_margin_m,
+                        supersample=cfg.silhouette_supersample, min_views=cfg.silhouette_min_views)
+        bar.update(1)
+        before = " x ".join(f"{1000 * v:.1f}" for v in size)
+        if fit is None:
+            part["silhouette"] = {"used": False, "why": f"fewer than {cfg.silhouette_min_views} capture views see "
+                                  "it and its surroundings whole"}
+            log(f"{part['name']}: photos do not refine it ({part['silhouette']['why']}); splat geometry kept, "
+                f"{before} mm")
+            continue
+        used = fit.iou >= cfg.silhouette_min_iou
+        part["silhouette"] = {"used": used, **fit.summary(), "splat_size_mm": (1000 * size).round(2).tolist(),
+                              "splat_yaw_deg": round(part["size"]["yaw_deg"], 2)}
+        if not used:
+            part["silhouette"]["why"] = f"silhouette IoU {fit.iou:.2f} < mesh.silhouette_min_iou {cfg.silhouette_min_iou}"
+            log(f"{part['name']}: the photos' outline does not fit an upright box or cylinder ({part['silhouette']['why']}: "
+                f"its colour may be the background's); splat geometry kept, {before} mm")
+            continue
+        # silhouettes cannot see into a bin: where the splat's surface is low inside the footprint, its solid keeps
+        # the walls and is stretched onto the fitted prism; any other object becomes the prism
+        hollow = hollow_top(local, part["centre_xy"], yaw, size)
+        part["solid"] = fit_solid_into(part["solid"], plane, yaw, fit) if hollow else prism_solid(plane, fit)
+        part["size"] = {"size_m": fit.size_m.tolist(), "yaw_deg": math.degrees(fit.yaw_rad)}
+        part["silhouette"]["solid"] = "the splat's hollow solid, moved and stretched" if hollow else "the fitted prism"
+        log(f"{part['name']}: the photos refine it from {before} mm to "
+            f"{' x '.join(f'{1000 * v:.1f}' for v in fit.size_m)} mm ({fit.footprint}, silhouette IoU {fit.iou:.2f} "
+            f"over {fit.views} views; {part['silhouette']['solid']})")
+    bar.close()
 
 
 def _robot_joints(cfg: MeshConfig, scene_state: dict | None) -> list[float]:
@@ -269,6 +317,8 @@ def _scene_json(parts: list[dict], plane, cfg: MeshConfig, truth: list[dict] | N
                  "static": part["role"] == "support"}
         if part["size"] is not None:
             entry["size_m"], entry["yaw_deg"] = part["size"]["size_m"], part["size"]["yaw_deg"]
+        if "silhouette" in part:
+            entry["silhouette"] = part["silhouette"]
         match = next((t for t in truth or [] if t["name"] == part["name"]), None)
         if match is not None:
             true_size = np.array(match["bbox_max"]) - np.array(match["bbox_min"])

@@ -1,0 +1,256 @@
+"""Each object's pose and size refined against the capture photos: an upright prism (a box or an elliptic cylinder)
+standing on the support, fitted so that its silhouette matches the object's pixels in every capture view.
+
+Why. The splat's geometry of a small object is biased: 3DGS puts the Gaussians of a plain surface a few millimetres
+behind it, so the rendered depth of a 25 mm cube lies ~4 mm inside each face and the fused cube comes out ~16 mm
+wide, 18 mm tall, yawed at random (docs/mesh.md). Its *outline* in the photos is not biased: a cube 4 pixels wide in
+64 calibrated views pins its size, centre and yaw to about a millimetre. Only what a real cell gives is read: the
+photos, their camera poses (ChArUco), the robot's model at the capture's joint state (it hides objects), and the
+reconstruction, which says where to look and gives the starting guess.
+
+The object's pixels: per view, a window around the reconstruction's projection; the object's colour is the median,
+over the views, of the pixel under its projected centre; the background's colours are k-means clusters of each
+window's border. A pixel belongs to the object when its colour (chromaticity and brightness, so shading does not
+matter much) is nearer the object's than any background colour. Pixels where the robot or another object is nearer
+the camera than this object are left out. The prism is projected (its silhouette is the convex hull of its corners'
+projections), rasterised `supersample` times finer than the photo, averaged to per-pixel coverage, and compared to
+the mask (sum of squares); Nelder-Mead from the reconstruction's pose, box and ellipse footprints, yaw started twice.
+
+A fit is used only where it explains the photos (`min_iou` between the fitted silhouette and the object's pixels
+over all views): an object whose colour the background shares, or that the cameras barely see, keeps the splat's
+geometry, and the stage says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FOOTPRINTS = ("box", "ellipse")
+_ELLIPSE_SIDES = 24
+
+
+@dataclass
+class ObjectView:
+    """One capture view's window on one object: its pixels' mask and which pixels the fit may use."""
+
+    index: int
+    u0: int
+    v0: int
+    mask: np.ndarray  # [h, w] 1 = the object's colour
+    usable: np.ndarray  # [h, w] 1 = not hidden by the robot or another object
+
+
+@dataclass
+class PrismFit:
+    """An upright prism on the support plane, in the plane's frame (x, y in the plane, z = its normal)."""
+
+    footprint: str  # "box" | "ellipse"
+    centre_xy: np.ndarray  # plane frame, metres
+    yaw_rad: float  # the footprint's first axis
+    size_m: np.ndarray  # footprint (along yaw, across) and height
+    iou: float  # fitted silhouette vs the object's pixels, over all usable pixels of all views
+    views: int
+    losses: dict[str, float] = field(default_factory=dict)  # per footprint
+
+    def summary(self) -> dict:
+        return {"footprint": self.footprint, "size_mm": (1000 * self.size_m).round(2).tolist(),
+                "yaw_deg": round(math.degrees(self.yaw_rad), 2), "iou": round(self.iou, 3), "views": self.views,
+                "losses": {k: round(v, 2) for k, v in self.losses.items()}}
+
+
+def footprint_outline(footprint: str, centre_xy, yaw_rad: float, size_xy) -> np.ndarray:
+    """The footprint's corners [k, 2] in the plane frame (an ellipse: a 24-gon)."""
+    if footprint == "box":
+        unit = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+    elif footprint == "ellipse":
+        t = np.linspace(0.0, 2 * math.pi, _ELLIPSE_SIDES, endpoint=False)
+        unit = 0.5 * np.stack([np.cos(t), np.sin(t)], 1)
+    else:
+        raise ValueError(f"footprint {footprint!r}: expected one of {FOOTPRINTS}")
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    return (unit * np.asarray(size_xy)) @ np.array([[c, s], [-s, c]]) + np.asarray(centre_xy)
+
+
+def prism_corners(plane, footprint: str, params) -> np.ndarray:
+    """World-frame corners of the prism `params` = (x, y, yaw, a, b, h) standing on `plane`."""
+    x, y, yaw, a, b, h = params
+    outline = footprint_outline(footprint, (x, y), yaw, (abs(a), abs(b)))
+    local = np.concatenate([np.c_[outline, np.zeros(len(outline))], np.c_[outline, np.full(len(outline), abs(h))]])
+    return plane.to_world(local)
+
+
+def prism_solid(plane, fit: PrismFit):
+    """The fitted prism as a closed convex mesh in the world frame."""
+    import trimesh
+
+    corners = prism_corners(plane, fit.footprint, [*fit.centre_xy, fit.yaw_rad, *fit.size_m])
+    return trimesh.Trimesh(corners).convex_hull
+
+
+def _project(viewmat: np.ndarray, K: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (pixel centres at +0.5, as the capture and gsplat) and camera depth of world points."""
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = cam[:, 2]
+    uv = cam[:, :2] / np.maximum(z, 1e-6)[:, None] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    return uv, z
+
+
+def colour_features(pixels: np.ndarray) -> np.ndarray:
+    """Chromaticity (r, g, b over their sum) and a lightly weighted brightness: a face in shadow keeps its colour."""
+    rgb = pixels.astype(np.float32)
+    total = rgb.sum(-1, keepdims=True) + 30.0  # dark pixels: their chromaticity is noise, pulled towards grey
+    return np.concatenate([rgb / total, total / 800.0], -1)
+
+
+def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], margin_m: float) -> list[ObjectView]:
+    """Every capture view that sees the object's neighbourhood whole: its window (the projection of `corners`, the
+    reconstruction's box, grown by `margin_m`), the object's colour mask and the usable pixels. Pixels where a point
+    of `occluders` is nearer the camera than the object's centre are not usable (nor their neighbours)."""
+    import cv2
+    from scipy.cluster.vq import kmeans2
+
+    centre = corners.mean(0)
+    radius = 0.5 * float(np.linalg.norm(corners.max(0) - corners.min(0))) + margin_m
+    K = capture.K
+    windows, object_colours, border_colours = [], [], []
+    for index, frame in enumerate(capture.frames):
+        viewmat = frame.viewmat()
+        uv, z = _project(viewmat, K, centre[None])
+        if z[0] <= radius:
+            continue
+        half = int(math.ceil(radius * K[0, 0] / z[0])) + 2
+        u0, v0 = int(math.floor(uv[0, 0])) - half, int(math.floor(uv[0, 1])) - half
+        if u0 < 0 or v0 < 0 or u0 + 2 * half > capture.width or v0 + 2 * half > capture.height:
+            continue  # the object's surroundings leave the picture: its outline may be cut
+        hidden = np.zeros((2 * half, 2 * half), np.uint8)
+        for points in occluders:
+            if len(points) == 0:
+                continue
+            puv, pz = _project(viewmat, K, points)
+            ij = np.floor(puv - [u0, v0]).astype(int)
+            keep = (pz > 0) & (pz < z[0]) & np.all((ij >= 0) & (ij < 2 * half), axis=1)
+            hidden[ij[keep, 1], ij[keep, 0]] = 1
+        hidden = cv2.dilate(hidden, np.ones((3, 3), np.uint8)).astype(bool)
+        features = colour_features(capture.image(index)[v0:v0 + 2 * half, u0:u0 + 2 * half])
+        cu, cv_ = int(math.floor(uv[0, 0])) - u0, int(math.floor(uv[0, 1])) - v0
+        if not hidden[cv_, cu]:
+            object_colours.append(features[cv_, cu])
+        border = np.ones(hidden.shape, bool)
+        border[2:-2, 2:-2] = False
+        border_colours.append(features[border & ~hidden])
+        windows.append((index, u0, v0, features, hidden))
+    if not windows or len(object_colours) < 3:
+        return []
+    colour = np.median(np.array(object_colours), 0)
+    border = np.concatenate(border_colours).astype(np.float64)
+    clusters = min(4, len(border))
+    background, _ = kmeans2(border, clusters, seed=0, minit="++")
+    views = []
+    for index, u0, v0, features, hidden in windows:
+        to_object = np.linalg.norm(features - colour, axis=-1)
+        to_background = np.min(np.linalg.norm(features[..., None, :] - background, axis=-1), axis=-1)
+        views.append(ObjectView(index, u0, v0, (to_object < to_background).astype(np.float32),
+                                (~hidden).astype(np.float32)))
+    return views
+
+
+def coverage(capture, view: ObjectView, corners: np.ndarray, supersample: int) -> np.ndarray:
+    """Fraction of each window pixel the convex solid with these corners covers in the view."""
+    import cv2
+
+    h, w = view.mask.shape
+    uv, _ = _project(capture.frames[view.index].viewmat(), capture.K, corners)
+    local = (uv - [view.u0, view.v0]) * supersample
+    hull = cv2.convexHull(local.astype(np.float32)).reshape(-1, 2)
+    canvas = np.zeros((h * supersample, w * supersample), np.uint8)
+    # 4 fractional bits: cv2 rasterises at 1/16 of a (supersampled) pixel; the fill is of pixel centres
+    cv2.fillConvexPoly(canvas, np.round((hull - 0.5) * 16).astype(np.int32), 1, lineType=cv2.LINE_8, shift=4)
+    return canvas.reshape(h, supersample, w, supersample).mean((1, 3))
+
+
+def _loss(params, capture, views, plane, footprint, supersample) -> float:
+    corners = prism_corners(plane, footprint, params)
+    return float(sum((v.usable * (coverage(capture, v, corners, supersample) - v.mask) ** 2).sum() for v in views))
+
+
+def silhouette_iou(capture, views, corners, supersample: int) -> float:
+    inter = union = 0.0
+    for v in views:
+        fitted = coverage(capture, v, corners, supersample) >= 0.5
+        seen = v.mask > 0.5
+        inter += float((v.usable * (fitted & seen)).sum())
+        union += float((v.usable * (fitted | seen)).sum())
+    return inter / union if union else 0.0
+
+
+def fit_prism(capture, plane, centre_xy, yaw_rad: float, size_m, occluders: list[np.ndarray], margin_m: float = 0.02,
+              supersample: int = 8, min_views: int = 8) -> PrismFit | None:
+    """The prism that best explains the object's pixels, from the reconstruction's footprint centre, yaw and size
+    (plane frame). None when fewer than `min_views` views see the object whole."""
+    from scipy.optimize import minimize
+
+    start = np.array([*centre_xy, yaw_rad, *size_m], dtype=float)
+    views = object_views(capture, prism_corners(plane, "box", start), occluders, margin_m)
+    if len(views) < min_views:
+        return None
+    best, losses = None, {}
+    # a square footprint's yaw repeats every 90 degrees and the reconstruction's is often ~45 off: two yaw starts
+    starts = [("box", 0.0), ("box", math.pi / 4), ("ellipse", 0.0)]
+    for footprint, turn in starts:
+        x0 = start.copy()
+        x0[2] += turn
+        result = minimize(_loss, x0, args=(capture, views, plane, footprint, supersample), method="Nelder-Mead",
+                          options={"xatol": 1e-4, "fatol": 1e-3, "maxiter": 800})
+        losses[footprint] = min(losses.get(footprint, math.inf), float(result.fun))
+        if best is None or result.fun < best[0]:
+            best = (float(result.fun), footprint, result.x)
+    _, footprint, x = best
+    corners = prism_corners(plane, footprint, x)
+    return PrismFit(footprint=footprint, centre_xy=x[:2], yaw_rad=float(x[2]), size_m=np.abs(x[3:]),
+                    iou=silhouette_iou(capture, views, corners, supersample), views=len(views), losses=losses)
+
+
+def aligned_to(fit: PrismFit, yaw_rad: float) -> PrismFit:
+    """The same prism described with the footprint axis nearest `yaw_rad` (a box turned by 90 degrees with its sides
+    swapped is the same box), yaw in [-pi, pi)."""
+    turns = round((yaw_rad - fit.yaw_rad) / (math.pi / 2))
+    size = fit.size_m.copy()
+    if turns % 2:
+        size[[0, 1]] = size[[1, 0]]
+    yaw = fit.yaw_rad + turns * math.pi / 2
+    yaw = (yaw + math.pi) % (2 * math.pi) - math.pi
+    return PrismFit(fit.footprint, fit.centre_xy, yaw, size, fit.iou, fit.views, fit.losses)
+
+
+def hollow_top(local_points: np.ndarray, centre_xy, yaw_rad: float, size_m, inner: float = 0.5,
+               level: float = 0.5) -> bool:
+    """Whether the reconstruction's surface over the middle of a footprint (the central `inner` of each side; plane
+    frame points, `local_points`) stays below `level` of the object's height: a bin or a cup, whose silhouettes
+    cannot show their hollow. Too few points there to tell: not hollow."""
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    uv = (local_points[:, :2] - np.asarray(centre_xy)) @ np.array([[c, s], [-s, c]]).T
+    middle = np.all(np.abs(uv) < inner * np.asarray(size_m[:2]) / 2, axis=1)
+    if middle.sum() < 10:
+        return False
+    return bool(np.quantile(local_points[middle, 2], 0.9) < level * size_m[2])
+
+
+def fit_solid_into(solid, plane, yaw_rad: float, fit: PrismFit):
+    """A hollow solid (a bin) stretched so that its extent along its footprint axes (`yaw_rad`, plane frame) and its
+    height become the fitted prism's: the photos correct where it stands and how big it is, the reconstruction
+    keeps its shape (walls, floor)."""
+    fit = aligned_to(fit, yaw_rad)
+    local = plane.to_plane(np.asarray(solid.vertices))
+    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
+    uv = local[:, :2] @ np.array([[c, s], [-s, c]]).T  # along and across the footprint's first axis
+    lo, hi = uv.min(0), uv.max(0)
+    uv = ((uv - lo) / np.maximum(hi - lo, 1e-9) - 0.5) * fit.size_m[:2]
+    z = local[:, 2] / max(float(local[:, 2].max()), 1e-9) * fit.size_m[2]
+    c, s = math.cos(fit.yaw_rad), math.sin(fit.yaw_rad)
+    xy = uv @ np.array([[c, s], [-s, c]]) + fit.centre_xy
+    moved = solid.copy()
+    moved.vertices = plane.to_world(np.c_[xy, z])
+    return moved
