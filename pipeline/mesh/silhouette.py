@@ -10,11 +10,12 @@ reconstruction, which says where to look and gives the starting guess.
 
 The object's pixels: per view, a window around the reconstruction's projection; the object's colour is the median,
 over the views, of the pixel under its projected centre; the background's colours are k-means clusters of each
-window's border. A pixel belongs to the object when its colour (chromaticity and brightness, so shading does not
-matter much) is nearer the object's than any background colour. Pixels where the robot or another object is nearer
-the camera than this object are left out. The prism is projected (its silhouette is the convex hull of its corners'
-projections), rasterised `supersample` times finer than the photo, averaged to per-pixel coverage, and compared to
-the mask (sum of squares); Nelder-Mead from the reconstruction's pose, box and ellipse footprints, yaw started twice.
+window's border. Each pixel is unmixed into object and background colour (`object_fraction`): how much of it is the
+object, 0 to 1, so that edge pixels count by their share and a face in shade still counts whole. Pixels where the
+robot or another object is nearer the camera than this object are left out. The prism is projected (its silhouette
+is the convex hull of its corners' projections), rasterised `supersample` times finer than the photo, averaged to
+per-pixel coverage, and compared to the object's share (sum of squares); Nelder-Mead from the reconstruction's pose,
+box and ellipse footprints, a box's yaw started twice, the best restarted once.
 
 A fit is used only where it explains the photos (`min_iou` between the fitted silhouette and the object's pixels
 over all views): an object whose colour the background shares, or that the cameras barely see, keeps the splat's
@@ -98,11 +99,24 @@ def _project(viewmat: np.ndarray, K: np.ndarray, points: np.ndarray) -> tuple[np
     return uv, z
 
 
-def colour_features(pixels: np.ndarray) -> np.ndarray:
-    """Chromaticity (r, g, b over their sum) and a lightly weighted brightness: a face in shadow keeps its colour."""
-    rgb = pixels.astype(np.float32)
-    total = rgb.sum(-1, keepdims=True) + 30.0  # dark pixels: their chromaticity is noise, pulled towards grey
-    return np.concatenate([rgb / total, total / 800.0], -1)
+def object_fraction(pixels: np.ndarray, colour: np.ndarray, backgrounds: np.ndarray) -> np.ndarray:
+    """How much of each pixel is the object [h, w] in [0, 1]: its RGB unmixed as p·object + q·background (least
+    squares, for each background colour; the best-fitting one kept), fraction p / (p + q). A face in shade (a darker
+    object colour) is still all object; a shadow on the table (a darker background) is none of it; an edge pixel half
+    on the object is 0.5 where the object's face is as bright as the reference colour."""
+    c = pixels.reshape(-1, 3).astype(np.float64)
+    best_residual = np.full(len(c), np.inf)
+    fraction = np.zeros(len(c))
+    for background in np.atleast_2d(backgrounds):
+        basis = np.stack([colour, background], 1)  # [3, 2]
+        coef, *_ = np.linalg.lstsq(basis, c.T, rcond=None)
+        coef = np.clip(coef, 0.0, None)
+        residual = np.linalg.norm(c - (basis @ coef).T, axis=1)
+        p, q = coef
+        better = residual < best_residual
+        best_residual[better] = residual[better]
+        fraction[better] = (p / np.maximum(p + q, 1e-9))[better]
+    return fraction.reshape(pixels.shape[:2])
 
 
 def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], margin_m: float) -> list[ObjectView]:
@@ -134,7 +148,7 @@ def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], marg
             keep = (pz > 0) & (pz < z[0]) & np.all((ij >= 0) & (ij < 2 * half), axis=1)
             hidden[ij[keep, 1], ij[keep, 0]] = 1
         hidden = cv2.dilate(hidden, np.ones((3, 3), np.uint8)).astype(bool)
-        features = colour_features(capture.image(index)[v0:v0 + 2 * half, u0:u0 + 2 * half])
+        features = capture.image(index)[v0:v0 + 2 * half, u0:u0 + 2 * half].astype(np.float64)
         cu, cv_ = int(math.floor(uv[0, 0])) - u0, int(math.floor(uv[0, 1])) - v0
         if not hidden[cv_, cu]:
             object_colours.append(features[cv_, cu])
@@ -145,14 +159,12 @@ def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], marg
     if not windows or len(object_colours) < 3:
         return []
     colour = np.median(np.array(object_colours), 0)
-    border = np.concatenate(border_colours).astype(np.float64)
-    clusters = min(4, len(border))
-    background, _ = kmeans2(border, clusters, seed=0, minit="++")
+    border = np.concatenate(border_colours)
+    distinct = len(np.unique(border.round(), axis=0))
+    background, _ = kmeans2(border, min(4, distinct), seed=0, minit="++") if distinct > 1 else (border[:1], None)
     views = []
-    for index, u0, v0, features, hidden in windows:
-        to_object = np.linalg.norm(features - colour, axis=-1)
-        to_background = np.min(np.linalg.norm(features[..., None, :] - background, axis=-1), axis=-1)
-        views.append(ObjectView(index, u0, v0, (to_object < to_background).astype(np.float32),
+    for index, u0, v0, pixels, hidden in windows:
+        views.append(ObjectView(index, u0, v0, object_fraction(pixels, colour, background).astype(np.float32),
                                 (~hidden).astype(np.float32)))
     return views
 
@@ -208,6 +220,12 @@ def fit_prism(capture, plane, centre_xy, yaw_rad: float, size_m, occluders: list
         if best is None or result.fun < best[0]:
             best = (float(result.fun), footprint, result.x)
     _, footprint, x = best
+    # Nelder-Mead's simplex shrinks onto a ridge of the piecewise loss; restarted once from its end it moves on
+    result = minimize(_loss, x, args=(capture, views, plane, footprint, supersample), method="Nelder-Mead",
+                      options={"xatol": 1e-5, "fatol": 1e-4, "maxiter": 800})
+    if result.fun < best[0]:
+        x = result.x
+        losses[footprint] = float(result.fun)
     corners = prism_corners(plane, footprint, x)
     return PrismFit(footprint=footprint, centre_xy=x[:2], yaw_rad=float(x[2]), size_m=np.abs(x[3:]),
                     iou=silhouette_iou(capture, views, corners, supersample), views=len(views), losses=losses)
