@@ -8,10 +8,12 @@ wide, 18 mm tall, yawed at random (docs/mesh.md). Its *outline* in the photos is
 photos, their camera poses (ChArUco), the robot's model at the capture's joint state (it hides objects), and the
 reconstruction, which says where to look and gives the starting guess.
 
-The object's pixels: per view, a window around the reconstruction's projection; the object's colour is the median,
-over the views, of the pixel under its projected centre; the background's colours are k-means clusters of each
-window's border. Each pixel is unmixed into object and background colour (`object_fraction`): how much of it is the
-object, 0 to 1, so that edge pixels count by their share and a face in shade still counts whole. Pixels where the
+The object's pixels: per view, a window around the reconstruction's projection; the object's colours are k-means
+clusters (3) of the pixel under its projected centre over the views (a lit top, faces in shade), the background's
+k-means clusters (4) of each window's border. Each pixel is unmixed into object and background colour
+(`object_fraction`, the best-fitting pair of the two palettes): how much of it is the
+object, 0 to 1, so that edge pixels count by their share and a face in shade still counts whole; what the outline
+encloses (the convex hull of its largest region) counts whole: a bin's pale floor unmixes as blue + table. Pixels where the
 robot or another object is nearer the camera than this object are left out. The prism is projected (its silhouette
 is the convex hull of its corners' projections), rasterised `supersample` times finer than the photo, averaged to
 per-pixel coverage, and compared to the object's share (sum of squares); Nelder-Mead from the reconstruction's pose,
@@ -30,6 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FOOTPRINTS = ("box", "ellipse")
+# an object whose colours are within this of the background's (RGB directions) cannot be unmixed from it: shade
+# alone does not tell a tan cube from a tan table
+MIN_COLOUR_ANGLE_DEG = 4.0
+
+
+class SilhouetteUnavailable(ValueError):
+    """The photos cannot refine this object (too few views see it whole, or its colour is the background's)."""
 _ELLIPSE_SIDES = 24
 
 
@@ -99,24 +108,46 @@ def _project(viewmat: np.ndarray, K: np.ndarray, points: np.ndarray) -> tuple[np
     return uv, z
 
 
-def object_fraction(pixels: np.ndarray, colour: np.ndarray, backgrounds: np.ndarray) -> np.ndarray:
+def object_fraction(pixels: np.ndarray, colours: np.ndarray, backgrounds: np.ndarray) -> np.ndarray:
     """How much of each pixel is the object [h, w] in [0, 1]: its RGB unmixed as p·object + q·background (least
-    squares, for each background colour; the best-fitting one kept), fraction p / (p + q). A face in shade (a darker
-    object colour) is still all object; a shadow on the table (a darker background) is none of it; an edge pixel half
-    on the object is 0.5 where the object's face is as bright as the reference colour."""
+    squares, for every pair of an object colour and a background colour; the best-fitting pair kept), fraction
+    p / (p + q). A face in shade (a darker object colour) is still all object; a shadow on the table (a darker
+    background) is none of it; an edge pixel half on the object is 0.5 where the face is as bright as its colour.
+    Several object colours: a bin's lit floor and its walls in shade are not one colour scaled."""
     c = pixels.reshape(-1, 3).astype(np.float64)
     best_residual = np.full(len(c), np.inf)
     fraction = np.zeros(len(c))
-    for background in np.atleast_2d(backgrounds):
-        basis = np.stack([colour, background], 1)  # [3, 2]
-        coef, *_ = np.linalg.lstsq(basis, c.T, rcond=None)
-        coef = np.clip(coef, 0.0, None)
-        residual = np.linalg.norm(c - (basis @ coef).T, axis=1)
-        p, q = coef
-        better = residual < best_residual
-        best_residual[better] = residual[better]
-        fraction[better] = (p / np.maximum(p + q, 1e-9))[better]
+    for colour in np.atleast_2d(colours):
+        for background in np.atleast_2d(backgrounds):
+            basis = np.stack([colour, background], 1)  # [3, 2]
+            coef, *_ = np.linalg.lstsq(basis, c.T, rcond=None)
+            coef = np.clip(coef, 0.0, None)
+            residual = np.linalg.norm(c - (basis @ coef).T, axis=1)
+            p, q = coef
+            better = residual < best_residual
+            best_residual[better] = residual[better]
+            fraction[better] = (p / np.maximum(p + q, 1e-9))[better]
     return fraction.reshape(pixels.shape[:2])
+
+
+def _colour_angle_deg(colours: np.ndarray, backgrounds: np.ndarray) -> float:
+    """How far the object's most distinct colour is from the background colour nearest it (angle between RGB
+    directions: brightness, i.e. shade, does not count)."""
+    o = colours / np.maximum(np.linalg.norm(colours, axis=1, keepdims=True), 1e-9)
+    b = backgrounds / np.maximum(np.linalg.norm(backgrounds, axis=1, keepdims=True), 1e-9)
+    cosines = np.clip(o @ b.T, -1.0, 1.0)
+    return float(np.degrees(np.arccos(cosines.max(1))).max())
+
+
+def _clusters(samples: np.ndarray, k: int) -> np.ndarray:
+    """Up to `k` k-means colour clusters (seeded); fewer when the samples hold fewer distinct colours."""
+    from scipy.cluster.vq import kmeans2
+
+    distinct = len(np.unique(samples.round(), axis=0))
+    if distinct <= 1:
+        return samples[:1].astype(np.float64)
+    centres, labels = kmeans2(samples.astype(np.float64), min(k, distinct), seed=0, minit="++")
+    return centres[np.bincount(labels, minlength=len(centres)) > 0]
 
 
 def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], margin_m: float) -> list[ObjectView]:
@@ -124,7 +155,6 @@ def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], marg
     reconstruction's box, grown by `margin_m`), the object's colour mask and the usable pixels. Pixels where a point
     of `occluders` is nearer the camera than the object's centre are not usable (nor their neighbours)."""
     import cv2
-    from scipy.cluster.vq import kmeans2
 
     centre = corners.mean(0)
     radius = 0.5 * float(np.linalg.norm(corners.max(0) - corners.min(0))) + margin_m
@@ -157,16 +187,36 @@ def object_views(capture, corners: np.ndarray, occluders: list[np.ndarray], marg
         border_colours.append(features[border & ~hidden])
         windows.append((index, u0, v0, features, hidden))
     if not windows or len(object_colours) < 3:
-        return []
-    colour = np.median(np.array(object_colours), 0)
-    border = np.concatenate(border_colours)
-    distinct = len(np.unique(border.round(), axis=0))
-    background, _ = kmeans2(border, min(4, distinct), seed=0, minit="++") if distinct > 1 else (border[:1], None)
+        return []  # nothing to fit: the caller counts the views
+    colours = _clusters(np.array(object_colours), 3)
+    background = _clusters(np.concatenate(border_colours), 4)
+    angle = _colour_angle_deg(colours, background)
+    if angle < MIN_COLOUR_ANGLE_DEG:
+        raise SilhouetteUnavailable(f"its colours are the background's but for brightness ({angle:.1f}° apart in RGB, "
+                                    f"< {MIN_COLOUR_ANGLE_DEG}°): its pixels cannot be told from the table's")
     views = []
     for index, u0, v0, pixels, hidden in windows:
-        views.append(ObjectView(index, u0, v0, object_fraction(pixels, colour, background).astype(np.float32),
-                                (~hidden).astype(np.float32)))
+        share = object_fraction(pixels, colours, background)
+        # what the object's outline encloses is the object: a bin's lit floor, paler than its walls, unmixes as
+        # blue + table and would read as a hole (the fit's silhouettes are convex: so is the outline filled here)
+        share = np.maximum(share, _convex_fill(share > 0.5))
+        views.append(ObjectView(index, u0, v0, share.astype(np.float32), (~hidden).astype(np.float32)))
     return views
+
+
+def _convex_fill(mask: np.ndarray) -> np.ndarray:
+    """1 on the pixels inside the convex hull of `mask`'s largest connected region, else 0."""
+    import cv2
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    ij = np.argwhere(labels == largest)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.fillConvexPoly(filled, cv2.convexHull(ij[:, ::-1].astype(np.int32)), 1)
+    return filled.astype(np.float64)
 
 
 def coverage(capture, view: ObjectView, corners: np.ndarray, supersample: int) -> np.ndarray:
@@ -199,15 +249,17 @@ def silhouette_iou(capture, views, corners, supersample: int) -> float:
 
 
 def fit_prism(capture, plane, centre_xy, yaw_rad: float, size_m, occluders: list[np.ndarray], margin_m: float = 0.02,
-              supersample: int = 8, min_views: int = 8) -> PrismFit | None:
+              supersample: int = 8, min_views: int = 8) -> PrismFit:
     """The prism that best explains the object's pixels, from the reconstruction's footprint centre, yaw and size
-    (plane frame). None when fewer than `min_views` views see the object whole."""
+    (plane frame). SilhouetteUnavailable when fewer than `min_views` views see the object whole or its colour cannot
+    be told from the background's."""
     from scipy.optimize import minimize
 
     start = np.array([*centre_xy, yaw_rad, *size_m], dtype=float)
     views = object_views(capture, prism_corners(plane, "box", start), occluders, margin_m)
     if len(views) < min_views:
-        return None
+        raise SilhouetteUnavailable(f"{len(views)} capture views see it and its surroundings whole, fewer than "
+                                    f"{min_views}")
     best, losses = None, {}
     # a square footprint's yaw repeats every 90 degrees and the reconstruction's is often ~45 off: two yaw starts
     starts = [("box", 0.0), ("box", math.pi / 4), ("ellipse", 0.0)]

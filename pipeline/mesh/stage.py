@@ -34,7 +34,7 @@ from pipeline.mesh.config import MeshConfig
 from pipeline.mesh.fusion import (MeshError, clean_mesh, fuse_tsdf, in_workspace, near, remove_vertices,
                                   render_depths, robot_surface_points)
 from pipeline.mesh.segment import cluster_objects, fit_support_plane, footprint_centre, height_field_solid, support_box
-from pipeline.mesh.silhouette import fit_prism, fit_solid_into, hollow_top, prism_solid
+from pipeline.mesh.silhouette import SilhouetteUnavailable, fit_prism, fit_solid_into, hollow_top, prism_solid
 from pipeline.mesh.object_gate import object_gate, summary_line
 from pipeline.mesh.truth import chamfer_mm, ground_truth_objects, load_scene_state, reference_points
 from pipeline.common.ply import PlyError
@@ -186,16 +186,17 @@ def _refine_with_photos(parts: list[dict], plane, points: np.ndarray, capture: C
     for part in objects:
         occluders = ([robot] if robot is not None else []) + [samples[id(o)] for o in objects if o is not part]
         size, yaw = np.asarray(part["size"]["size_m"]), math.radians(part["size"]["yaw_deg"])
-        fit = fit_prism(capture, plane, part["centre_xy"], yaw, size, occluders, margin_m=cfg.silhouette_margin_m,
-                        supersample=cfg.silhouette_supersample, min_views=cfg.silhouette_min_views)
-        bar.update(1)
         before = " x ".join(f"{1000 * v:.1f}" for v in size)
-        if fit is None:
-            part["silhouette"] = {"used": False, "why": f"fewer than {cfg.silhouette_min_views} capture views see "
-                                  "it and its surroundings whole"}
-            log(f"{part['name']}: photos do not refine it ({part['silhouette']['why']}); splat geometry kept, "
-                f"{before} mm")
+        try:
+            fit = fit_prism(capture, plane, part["centre_xy"], yaw, size, occluders,
+                            margin_m=cfg.silhouette_margin_m, supersample=cfg.silhouette_supersample,
+                            min_views=cfg.silhouette_min_views)
+        except SilhouetteUnavailable as exc:
+            part["silhouette"] = {"used": False, "why": str(exc)}
+            log(f"{part['name']}: the photos do not refine it ({exc}); splat geometry kept, {before} mm")
             continue
+        finally:
+            bar.update(1)
         used = fit.iou >= cfg.silhouette_min_iou
         part["silhouette"] = {"used": used, **fit.summary(), "splat_size_mm": (1000 * size).round(2).tolist(),
                               "splat_yaw_deg": round(part["size"]["yaw_deg"], 2)}
