@@ -11,17 +11,18 @@ reconstruction, which says where to look and gives the starting guess.
 The object's pixels: per view, a window around the reconstruction's projection; the object's colours are k-means
 clusters (3) of the pixel under its projected centre over the views (a lit top, faces in shade), the background's
 k-means clusters (4) of each window's border. Each pixel is unmixed into object and background colour
-(`object_fraction`, the best-fitting pair of the two palettes): how much of it is the
-object, 0 to 1, so that edge pixels count by their share and a face in shade still counts whole; what the outline
-encloses (the convex hull of its largest region) counts whole: a bin's pale floor unmixes as blue + table. Pixels where the
-robot or another object is nearer the camera than this object are left out. The prism is projected (its silhouette
+(`object_fraction`, the best-fitting pair of the two palettes): how much of it is the object, 0 to 1, so that edge
+pixels count by their share and a face in shade still counts whole; what the outline encloses (the convex hull of
+its largest region) counts whole: a bin's pale floor unmixes as blue + table. An object whose colours differ from
+the background's by shade only cannot be unmixed and is not fitted. Pixels where the robot or another object is
+nearer the camera than this object are left out. The prism is projected (its silhouette
 is the convex hull of its corners' projections), rasterised `supersample` times finer than the photo, averaged to
 per-pixel coverage, and compared to the object's share (sum of squares); Nelder-Mead from the reconstruction's pose,
 box and ellipse footprints, a box's yaw started twice, the best restarted once.
 
-A fit is used only where it explains the photos (`min_iou` between the fitted silhouette and the object's pixels
-over all views): an object whose colour the background shares, or that the cameras barely see, keeps the splat's
-geometry, and the stage says so.
+The stage uses a fit only where it explains the photos (`mesh.silhouette_min_iou` between the fitted silhouette and
+the object's pixels over all views): an object that is not prism-like, or that the cameras barely see, keeps the
+splat's geometry, and the stage says why.
 """
 
 from __future__ import annotations

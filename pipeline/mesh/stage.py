@@ -3,8 +3,8 @@
 Framework-free. Depth rendered from the splat at every capture view (the training rasterizer's math) is fused in an
 Open3D TSDF; the mesh is cropped to the workspace, stripped of the robot (posed at the capture's joint state; the
 twin takes the robot from its own USD), cleaned and decimated. RANSAC finds the support plane; what stands on it is
-clustered into objects, each closed into a solid and decomposed into convex hulls by CoACD; the support becomes a
-box. Where the capture has ground-truth depth (the sim source) the mesh is scored against it (Chamfer, mm).
+clustered into objects, each closed into a solid, refitted to its outline in the capture photos (silhouette.py) and
+decomposed into convex hulls by CoACD; the support becomes a box. Where the capture has ground-truth depth (the sim source) the mesh is scored against it (Chamfer, mm).
 
 Writes to `out_dir`:
   scene_visual.obj   the cleaned mesh (robot base frame, metres)
@@ -175,8 +175,9 @@ def _load_splat(path: Path) -> dict[str, torch.Tensor]:
 def _refine_with_photos(parts: list[dict], plane, points: np.ndarray, capture: Capture, robot: np.ndarray | None,
                         cfg: MeshConfig, log: Callable[[str], None], progress: bool) -> None:
     """Each object's pose and size fitted to its outline in the capture photos (`silhouette.fit_prism`), in place:
-    a convex solid becomes the fitted prism, a concave one is moved and scaled into it; `part["silhouette"]` says
-    what was fitted and whether it was used. The robot and the other objects hide what is behind them."""
+    a solid object becomes the fitted prism, a hollow one (a bin) keeps its reconstructed walls, stretched onto it;
+    `part["silhouette"]` says what was fitted and whether it was used. The robot and the other objects hide what is
+    behind them."""
     import math
 
     objects = [p for p in parts if p["role"] == "object"]
@@ -201,9 +202,10 @@ def _refine_with_photos(parts: list[dict], plane, points: np.ndarray, capture: C
         part["silhouette"] = {"used": used, **fit.summary(), "splat_size_mm": (1000 * size).round(2).tolist(),
                               "splat_yaw_deg": round(part["size"]["yaw_deg"], 2)}
         if not used:
-            part["silhouette"]["why"] = f"silhouette IoU {fit.iou:.2f} < mesh.silhouette_min_iou {cfg.silhouette_min_iou}"
-            log(f"{part['name']}: the photos' outline does not fit an upright box or cylinder ({part['silhouette']['why']}: "
-                f"its colour may be the background's); splat geometry kept, {before} mm")
+            part["silhouette"]["why"] = (f"silhouette IoU {fit.iou:.2f} < mesh.silhouette_min_iou "
+                                         f"{cfg.silhouette_min_iou}: not an upright box or cylinder, or mostly hidden")
+            log(f"{part['name']}: the photos do not refine it ({part['silhouette']['why']}); splat geometry kept, "
+                f"{before} mm")
             continue
         # silhouettes cannot see into a bin: where the splat's surface is low inside the footprint, its solid keeps
         # the walls and is stretched onto the fitted prism; any other object becomes the prism
