@@ -4,7 +4,8 @@ Framework-free. Depth rendered from the splat at every capture view (the trainin
 Open3D TSDF; the mesh is cropped to the workspace, stripped of the robot (posed at the capture's joint state; the
 twin takes the robot from its own USD), cleaned and decimated. RANSAC finds the support plane; what stands on it is
 clustered into objects, each closed into a solid, refitted to its outline in the capture photos (silhouette.py) and
-decomposed into convex hulls by CoACD; the support becomes a box. Where the capture has ground-truth depth (the sim source) the mesh is scored against it (Chamfer, mm).
+decomposed into convex hulls by CoACD; the support becomes a box. Where the capture has ground-truth depth (the sim
+source) the mesh is scored against it (Chamfer, mm).
 
 Writes to `out_dir`:
   scene_visual.obj   the cleaned mesh (robot base frame, metres)
