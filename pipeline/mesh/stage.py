@@ -99,6 +99,7 @@ def build_collision_mesh(recipe: Recipe, capture_dir: Path, splat_dir: Path, wor
         parts.append({"name": f"object_{k}", "role": "object", "solid": solid, "size": size,
                       "centre_xy": footprint_centre(plane.to_plane(points[cluster]), size)})
     if cfg.silhouette_refine and len(parts) > 1:
+        _name_objects(parts, truth_objects)  # so that the log names them; again below, from the refitted centres
         _refine_with_photos(parts, plane, points, capture, robot, cfg, log, progress)
     _name_objects(parts, truth_objects)
 
@@ -295,9 +296,8 @@ def _name_objects(parts: list[dict], truth: list[dict] | None) -> None:
     if not truth:
         return
     taken = set()
-    for part in parts:
-        if part["role"] != "object":
-            continue
+    for k, part in enumerate(p for p in parts if p["role"] == "object"):
+        part["name"] = f"object_{k}"
         centre = part["solid"].bounds.mean(0)
         for obj in truth:
             lo, hi = np.array(obj["bbox_min"]), np.array(obj["bbox_max"])
