@@ -37,6 +37,9 @@ class EvalConfig(Section):
     cube_pose: Literal["tracked", "placed"] = "tracked"
     max_harm_points: Annotated[float, Field(ge=0)] = 10.0  # residual_not_worse_than_bc warns when BC + residual
     # is this many points below BC on the robot, or below it with an exact McNemar p < 0.05
+    # sim robots (twin, workcell): processes that run conditions side by side (each its own robot and policies;
+    # outcomes do not depend on it: each condition is seeded and starts from a reset). 1 = in this process
+    workers: Annotated[int, Field(ge=1)] = 1
     extra_policies: list[str] = []  # more rl_policy folders (other rl.seed): success variance across policy seeds
     failure_examples: Annotated[int, Field(ge=0)] = 4  # failed rollouts shown with frames
     real: EvalRealConfig = EvalRealConfig()

@@ -114,28 +114,99 @@ def record_rollouts(rollouts: list, out_dir: Path, fps: int, task: str, robot_ty
     return frames
 
 
-def evaluate_on_twin(recipe: Recipe, twin_dir: Path, policies: list, progress=None, report_cube_pose: bool = True
-                     ) -> tuple[list, object]:
+def _twin_robot(recipe: Recipe, twin_dir: Path, report_cube_pose: bool):
     from pipeline.eval.robots import TwinRobot, TwinRobotConfig
 
-    cfg = recipe.eval
-    robot = TwinRobot(TwinRobotConfig(id="twin", twin_usd=Path(twin_dir) / "twin.usd", fps=recipe.workcell.fps,
-                                      physics_dt_s=recipe.rl.physics_dt_s,
-                                      success_hold_steps=recipe.rl.success_hold_steps,
-                                      report_cube_pose=report_cube_pose))
+    return TwinRobot(TwinRobotConfig(id="twin", twin_usd=Path(twin_dir) / "twin.usd", fps=recipe.workcell.fps,
+                                     physics_dt_s=recipe.rl.physics_dt_s,
+                                     success_hold_steps=recipe.rl.success_hold_steps,
+                                     report_cube_pose=report_cube_pose))
+
+
+def _workcell_robot(recipe: Recipe, workcell_dir: Path, bc_dir: Path, report_cube_pose: bool):
+    from pipeline.eval.robots import WorkcellRobot, WorkcellRobotConfig
+
+    return WorkcellRobot(WorkcellRobotConfig(id="workcell", workcell_xml=Path(workcell_dir) / "workcell.xml",
+                                             workcell=recipe.workcell, render_cameras=cameras_read_by(bc_dir),
+                                             success_hold_steps=recipe.rl.success_hold_steps,
+                                             report_cube_pose=report_cube_pose))
+
+
+# one sim robot and its policies per worker process (set by _start_worker)
+_WORKER: dict = {}
+
+
+def _start_worker(make_robot, make_policies) -> None:
+    import atexit
+
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores: one thread each
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    robot = make_robot()
+    robot.connect()
+    atexit.register(robot.disconnect)
+    _WORKER.update(robot=robot, policies=make_policies())
+
+
+def _run_condition_in_worker(cond: Condition, fps: int, max_steps: int, cube_z: float) -> list:
+    robot = _WORKER["robot"]
+    return run_pairs(robot, _WORKER["policies"], [cond], fps, max_steps, cube_z=cube_z,
+                     prepare=lambda c, _policy: robot.start_episode(c))
+
+
+def run_sim_pairs(make_robot, policies: list, make_policies, conditions: list[Condition], fps: int, max_steps: int,
+                  workers: int, *, cube_z: float = 0.0, progress=None) -> list:
+    """`run_pairs` on a simulated robot, in `workers` processes when > 1 (spawned: each builds its own robot with
+    `make_robot()` and policies with `make_policies()`, both picklable); rollouts come back in condition order."""
+    robot = make_robot()
     try:
-        robot.connect()
+        robot.connect()  # here first, also with workers: a missing or broken twin is reported as itself
     except RobotUnavailable as exc:
         raise EvalError(str(exc)) from None
+    if workers <= 1 or len(conditions) <= 1:
+        try:
+            return run_pairs(robot, policies, conditions, fps, max_steps, cube_z=cube_z,
+                             prepare=lambda cond, _policy: robot.start_episode(cond), progress=progress)
+        finally:
+            robot.disconnect()
+    robot.disconnect()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    by_condition = {}
+    try:
+        with ProcessPoolExecutor(min(workers, len(conditions)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(make_robot, make_policies)) as pool:
+            futures = [pool.submit(_run_condition_in_worker, c, fps, max_steps, cube_z) for c in conditions]
+            for future in as_completed(futures):
+                rollouts = future.result()
+                by_condition[rollouts[0].condition.index] = rollouts
+                for r in rollouts:
+                    if progress is not None:
+                        progress(r)
+    except BrokenProcessPool as exc:  # a worker could not start its robot (the reason is in its traceback above)
+        raise EvalError(f"an evaluation worker died ({exc}); run with eval.workers: 1 to see the error here") from None
+    return [r for c in conditions for r in by_condition[c.index]]
+
+
+def evaluate_on_twin(recipe: Recipe, twin_dir: Path, bc_dir: Path, rl_dir: Path, policies: list, progress=None,
+                     report_cube_pose: bool = True) -> tuple[list, tuple]:
+    """The pairs in the twin (sim proxy); returns the rollouts and the twin's bin footprint (xy min, xy max)."""
+    from functools import partial
+
+    from pipeline.rl.env_cfg import bin_geometry
+
+    cfg = recipe.eval
     rand = recipe.rl.randomization if cfg.randomize else None
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell, rand) for k in range(cfg.pairs)]
     max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
-    try:
-        rollouts = run_pairs(robot, policies, conditions, recipe.workcell.fps, max_steps,
-                             prepare=lambda cond, _policy: robot.start_episode(cond), progress=progress)
-    finally:
-        robot.disconnect()
-    return rollouts, robot
+    rollouts = run_sim_pairs(partial(_twin_robot, recipe, twin_dir, report_cube_pose), policies,
+                             partial(load_policies, recipe, bc_dir, rl_dir), conditions, recipe.workcell.fps,
+                             max_steps, cfg.workers, progress=progress)
+    centre, half, _ = bin_geometry(Path(twin_dir) / "twin.usd")
+    return rollouts, ((centre[0] - half[0], centre[1] - half[1]), (centre[0] + half[0], centre[1] + half[1]))
 
 
 def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
@@ -145,30 +216,19 @@ def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
     return tuple(k[len(prefix):] for k in config.get("input_features", {}) if k.startswith(prefix))
 
 
-def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, policies: list, progress=None,
-                         report_cube_pose: bool = True):
+def evaluate_on_workcell(recipe: Recipe, workcell_dir: Path, bc_dir: Path, rl_dir: Path, policies: list,
+                         progress=None, report_cube_pose: bool = True):
     """The same pairs on the sim workcell, the stand-in real robot: the policies see what a real arm gives (joints,
     the cameras the BC checkpoint reads) and, with `report_cube_pose`, the live cube pose as a tracker on the cell
     would give (otherwise the loop hands the placed pose, frozen); the workcell's own physics decides the outcome."""
-    from pipeline.eval.robots import WorkcellRobot, WorkcellRobotConfig
+    from functools import partial
 
     cfg = recipe.eval
-    robot = WorkcellRobot(WorkcellRobotConfig(id="workcell", workcell_xml=Path(workcell_dir) / "workcell.xml",
-                                              workcell=recipe.workcell, render_cameras=cameras_read_by(bc_dir),
-                                              success_hold_steps=recipe.rl.success_hold_steps,
-                                              report_cube_pose=report_cube_pose))
-    try:
-        robot.connect()
-    except RobotUnavailable as exc:
-        raise EvalError(str(exc)) from None
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell) for k in range(cfg.pairs)]  # its physics is its own
     max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
-    try:
-        rollouts = run_pairs(robot, policies, conditions, recipe.workcell.fps, max_steps,
-                             cube_z=recipe.workcell.cube.size / 2,
-                             prepare=lambda cond, _policy: robot.start_episode(cond), progress=progress)
-    finally:
-        robot.disconnect()
+    rollouts = run_sim_pairs(partial(_workcell_robot, recipe, workcell_dir, bc_dir, report_cube_pose), policies,
+                             partial(load_policies, recipe, bc_dir, rl_dir), conditions, recipe.workcell.fps,
+                             max_steps, cfg.workers, cube_z=recipe.workcell.cube.size / 2, progress=progress)
     lo = np.asarray(recipe.workcell.bin.center_xy) - np.asarray(recipe.workcell.bin.inner_size_xy) / 2
     hi = np.asarray(recipe.workcell.bin.center_xy) + np.asarray(recipe.workcell.bin.inner_size_xy) / 2
     return rollouts, (tuple(lo), tuple(hi))
@@ -203,20 +263,19 @@ def build_eval_report(recipe: Recipe, root: Path, twin_dir: Path, bc_dir: Path, 
         if done["n"] % max(1, total // 10) == 0 or done["n"] == total:
             log(f"{done['n']}/{total} rollouts; last: {r.policy} on condition {r.condition.index}: {r.outcome}")
 
-    twin_rollouts = twin_robot = None
+    twin_rollouts = twin_bin_box = None
     # a real arm has no cube tracker: its twin column gets the placed pose too, so the worlds compare
     tracked = cfg.cube_pose == "tracked" and kind != "so101_follower"
     cube_seen = "cube pose tracked" if tracked else "cube pose: the placed one"
     if kind == "twin" or with_twin:  # first: on a real arm the operator is not kept waiting in between
-        twin_rollouts, twin_robot = evaluate_on_twin(recipe, twin_dir, policies, progress, report_cube_pose=tracked)
+        twin_rollouts, twin_bin_box = evaluate_on_twin(recipe, twin_dir, bc_dir, rl_dir, policies, progress,
+                                                       report_cube_pose=tracked)
     twin_label = (f"the USD twin (sim proxy, held-out randomization; {cube_seen})" if cfg.randomize else
                   f"the USD twin (sim proxy; {cube_seen})")
     if kind == "twin":
-        rollouts, robot_label, robot_type = twin_rollouts, twin_label, "so101_follower_twin"
-        bin_box = (tuple(twin_robot.bin_centre[:2] - twin_robot.bin_half),
-                   tuple(twin_robot.bin_centre[:2] + twin_robot.bin_half))
+        rollouts, robot_label, robot_type, bin_box = twin_rollouts, twin_label, "so101_follower_twin", twin_bin_box
     elif kind == "workcell":
-        rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, policies, progress,
+        rollouts, bin_box = evaluate_on_workcell(recipe, workcell_dir, bc_dir, rl_dir, policies, progress,
                                                  report_cube_pose=tracked)
         robot_label = ("the sim workcell, the stand-in real robot (its own physics and cameras; the twin never reads "
                        f"them; {cube_seen})")

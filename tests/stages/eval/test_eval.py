@@ -432,6 +432,32 @@ def test_workcell_robot_is_a_stand_in_real_arm(small_recipe, workcell_xml, tiny_
         tracked.disconnect()
 
 
+def test_sim_pairs_in_worker_processes_match_one_process(small_recipe, workcell_xml, tiny_bc, tmp_path):
+    """`eval.workers`: conditions run side by side in spawned processes, each with its own stand-in robot and
+    policies; the rollouts come back in condition order, step for step what one process produces."""
+    from functools import partial
+
+    from pipeline.eval.robots import draw_condition
+    from pipeline.eval.stage import _workcell_robot, load_policies, run_sim_pairs
+
+    rl = _rl_dir(tmp_path / "rl", tiny_bc[0], _actor("constant", 0.3))
+    cfg = small_recipe.workcell
+    conditions = [draw_condition(k, 900 + k, cfg) for k in range(3)]
+    make_robot = partial(_workcell_robot, small_recipe, workcell_xml.parent, tiny_bc[0], True)
+    make_policies = partial(load_policies, small_recipe, tiny_bc[0], rl)
+    seen = []
+    runs = {w: run_sim_pairs(make_robot, make_policies(), make_policies, conditions, cfg.fps, 8, w,
+                             cube_z=cfg.cube.size / 2, progress=seen.append) for w in (1, 2)}
+    assert len(seen) == 12  # progress reported for every rollout, in both modes
+    assert [(r.policy, r.condition.index) for r in runs[2]] == [(r.policy, r.condition.index) for r in runs[1]]
+    for one, two in zip(runs[1], runs[2]):
+        assert one.outcome == two.outcome and one.steps == two.steps
+        for f1, f2 in zip(one.frames, two.frames):
+            np.testing.assert_allclose(f2["action"], f1["action"], atol=1e-4)
+            np.testing.assert_allclose(f2["observation.environment_state"], f1["observation.environment_state"],
+                                       atol=1e-5)
+
+
 def test_workcell_evaluation_reports_the_stand_in_robot_beside_the_twin(tmp_path, small_recipe, workcell_xml, tiny_bc,
                                                                        synthetic_twin):
     """The default `eval.robot: workcell` with `compare_twin`: the same paired protocol on the stand-in real robot
