@@ -148,7 +148,7 @@ class SimulatedRobot(Robot):
 class TwinRobotConfig(RobotConfig):
     twin_usd: Path = Path("models/twin/twin.usd")
     fps: int = 30
-    physics_dt_s: float = 1 / 240
+    physics_dt_s: float | None = None  # None: the step the twin was authored with
     success_hold_steps: int = 10
     home_joint_pos: dict = field(default_factory=dict)  # sim joint name -> rad (default: isaaclab_so101's home)
     report_cube_pose: bool = True  # False: like a real arm, no cube pose (the loop hands the placed pose)
@@ -192,9 +192,10 @@ class TwinRobot(SimulatedRobot):
         twin = load_twin(usd, "cpu", worlds=1)
         solver = make_solver(twin)
         m, d = solver.mj_model, solver.mj_data
-        m.opt.timestep = self.config.physics_dt_s
+        dt = self.config.physics_dt_s or twin.physics_dt  # None: the step the twin was authored with
+        m.opt.timestep = dt
         self.solver, self.m, self.d = solver, m, d  # the solver owns the model: keep it alive
-        self.substeps = max(1, round(1 / (self.config.fps * self.config.physics_dt_s)))
+        self.substeps = max(1, round(1 / (self.config.fps * dt)))
         self.servo = _servo_indices(m)
         found = _free_joint_qpos(m, d, twin)
         if found is None:

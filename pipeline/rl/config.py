@@ -39,7 +39,10 @@ class RlConfig(Section):
     # GPUs for PPO: > 1 runs Isaac Lab's distributed mode (torchrun, one env + rsl_rl learner per GPU, gradients
     # all-reduced over NCCL, seed + rank per process); needs that many CUDA devices.
     gpus: Annotated[int, Field(ge=1)] = 1
-    physics_dt_s: Positive = 1 / 240  # control runs at the recording's fps: decimation = 1 / (fps x dt)
+    # None: the twin's own step (usd_twin's twin.physics_dt_s, authored in twin.usd), the step its demos replay at.
+    # Measured on the default twin: the demos' actions replayed open loop succeed 15/24 at 1/480 s, 5/12 at 1/240
+    # (the grasp slips), 13/24 at 1/960. Control runs at the recording's fps: decimation = 1 / (fps x dt)
+    physics_dt_s: Positive | None = None
     episode_seconds: Positive = 8.0
     alpha: Positive = 5.0  # total = base + alpha * residual (so101 units; the arm spans -100..100)
     residual_clip: Positive = 1.0

@@ -11,6 +11,18 @@ class RlError(ValueError):
     """The RL stage cannot run with these inputs or on this machine."""
 
 
+def physics_dt_for(recipe, twin_usd: Path) -> float:
+    """rl.physics_dt_s, or (None, the default) the step the twin was authored with."""
+    if recipe.rl.physics_dt_s is not None:
+        return float(recipe.rl.physics_dt_s)
+    from pipeline.twin.physics import TwinLoadError, authored_physics_dt
+
+    try:
+        return authored_physics_dt(Path(twin_usd))
+    except TwinLoadError as exc:
+        raise RlError(str(exc)) from None
+
+
 def bin_geometry(twin_usd: Path) -> tuple[tuple[float, float, float], tuple[float, float], float]:
     """(centre, inner half size xy, rim height) of the twin's `bin` collider, from its hull meshes' bounds."""
     from pxr import Usd, UsdGeom
@@ -68,9 +80,11 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
         if not path.is_file():
             raise RlError(f"no {path}: materialize `{asset}` first")
     cfg, cell = recipe.rl, recipe.workcell
-    decimation = round(1 / (cell.fps * cfg.physics_dt_s))
-    if abs(decimation * cell.fps * cfg.physics_dt_s - 1) > 1e-6:
-        raise RlError(f"rl.physics_dt_s {cfg.physics_dt_s} does not divide the control period 1/{cell.fps} s")
+    physics_dt = physics_dt_for(recipe, twin_usd)
+    decimation = round(1 / (cell.fps * physics_dt))
+    if abs(decimation * cell.fps * physics_dt - 1) > 1e-6:
+        raise RlError(f"the physics step {physics_dt} s (rl.physics_dt_s, or the twin's own) does not divide the "
+                      f"control period 1/{cell.fps} s")
 
     @configclass
     class TwinSceneCfg(InteractiveSceneCfg):
@@ -86,7 +100,7 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
     centre, half, rim = bin_geometry(twin_usd)
     r = cfg.randomization
     env = TwinPickPlaceEnvCfg()
-    env.sim = SimulationCfg(dt=cfg.physics_dt_s, render_interval=decimation, device=device,
+    env.sim = SimulationCfg(dt=physics_dt, render_interval=decimation, device=device,
                             physics=physics_cfg(recipe, device))
     env.scene = TwinSceneCfg(num_envs=num_envs, env_spacing=1.5, replicate_physics=True)
     env.decimation = decimation

@@ -36,6 +36,20 @@ class TwinLoadError(RuntimeError):
     """Newton could not load the twin, or it does not hold the expected robot joints and bodies."""
 
 
+def authored_physics_dt(usd_path: Path) -> float:
+    """The physics time step the twin was authored with (its physics scene's newton:timeStepsPerSecond): the step
+    usd_twin settles and replays the demos at."""
+    from pxr import Usd
+
+    stage = Usd.Stage.Open(str(usd_path))
+    for prim in stage.Traverse():
+        attr = prim.GetAttribute("newton:timeStepsPerSecond")
+        if attr and attr.HasAuthoredValue() and attr.Get():
+            return 1.0 / float(attr.Get())
+    raise TwinLoadError(f"{usd_path} authors no physics time step (newton:timeStepsPerSecond on its physics scene): "
+                        "rebuild it with usd_twin, or set rl.physics_dt_s")
+
+
 def load_twin(usd_path: Path, device: str = "cpu", worlds: int = 1) -> TwinModel:
     import newton
     import warp as wp
