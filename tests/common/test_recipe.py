@@ -49,10 +49,12 @@ def test_section_hash_tracks_only_its_section():
 
 def test_the_gpu_rl_recipe_is_params_yaml_with_only_the_rl_scale_changed():
     """bench/params_rl_gpu.yaml is what the GPU rows of bench/RESULTS.md ran: the default recipe, scaled up in
-    `rl` only. If params.yaml changes and it does not follow, the GPU figures describe another recipe."""
+    `rl` (and `rl.alpha`: the CPU default's 20 iterations keep a smaller one) and in the evaluation's size (100
+    pairs, 16 workers) only. If params.yaml changes and it does not follow, the GPU figures describe another recipe."""
     default = load_recipe(ROOT / "params.yaml").model_dump(mode="json")
     gpu = load_recipe(ROOT / "bench" / "params_rl_gpu.yaml").model_dump(mode="json")
-    scaled = {"num_envs", "iterations", "save_every", "eval_episodes"}
-    assert {k: v for k, v in gpu.items() if k != "rl"} == {k: v for k, v in default.items() if k != "rl"}
-    assert {k: v for k, v in gpu["rl"].items() if k not in scaled} == \
-        {k: v for k, v in default["rl"].items() if k not in scaled}
+    scaled = {"rl": {"num_envs", "iterations", "save_every", "eval_episodes", "alpha"}, "eval": {"pairs", "workers"}}
+    assert {k: v for k, v in gpu.items() if k not in scaled} == {k: v for k, v in default.items() if k not in scaled}
+    for section, keys in scaled.items():
+        assert {k: v for k, v in gpu[section].items() if k not in keys} == \
+            {k: v for k, v in default[section].items() if k not in keys}
