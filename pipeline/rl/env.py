@@ -26,6 +26,15 @@ ACTOR_OBS = 18  # joints 6 + BC action 6 + previous residual 6
 CRITIC_OBS = ACTOR_OBS + 3 + 4 + 3 + 3 + 3 + 1  # cube pos, quat, lin vel; tcp; bin centre; time
 
 
+def pick_place_reward(w: dict, reach, lifted, place, in_bin, succeeded, steps_left, rate, size):
+    """One control step's reward (weights `w`, rl.rewards). A success ends the episode, so its step also pays the
+    in-bin reward for each of the `steps_left` steps the episode no longer runs: ending with a success is then never
+    worth less than hovering a lifted cube over the bin for the rest of the episode (see RlRewardConfig)."""
+    success = in_bin + succeeded * steps_left
+    return (w.get("reach", 0) * reach + w.get("lift", 0) * lifted + w.get("place", 0) * place
+            + w.get("success", 0) * success + w.get("action_rate", 0) * rate + w.get("residual", 0) * size)
+
+
 @configclass
 class TwinPickPlaceEnvCfg(DirectRLEnvCfg):
     """Filled in by `make_env_cfg` from the recipe and the twin (the env config, apart from the agent's)."""
@@ -165,13 +174,11 @@ class TwinPickPlaceEnv(DirectRLEnv):
         lifted = (pos[:, 2] > self.cube_rest_z + 0.02).float()
         place = lifted * (1 - torch.tanh(torch.linalg.norm(pos[:, :2] - self.bin_centre[:2], dim=1) / 0.05))
         in_bin = self.in_bin().float()
-        # a success ends the episode: pay the in-bin reward for the steps it does not run (see RlRewardConfig)
         remaining = (self.max_episode_length - self.episode_length_buf).clamp(min=0).float()
-        success = in_bin + self.episode_success.float() * remaining
         rate = ((self.residual - self.prev_residual) ** 2).sum(1)
         size = (self.residual ** 2).sum(1)
-        reward = (w.get("reach", 0) * reach + w.get("lift", 0) * lifted + w.get("place", 0) * place
-                  + w.get("success", 0) * success + w.get("action_rate", 0) * rate + w.get("residual", 0) * size)
+        reward = pick_place_reward(w, reach, lifted, place, in_bin, self.episode_success.float(), remaining, rate,
+                                   size)
         self.extras.setdefault("log", {}).update({
             "Episode_Reward/reach": reach.mean(), "Episode_Reward/lifted": lifted.mean(),
             "Episode_Reward/place": place.mean(), "Episode_Reward/in_bin": in_bin.mean()})
