@@ -40,7 +40,7 @@ class RlConfig(Section):
     # all-reduced over NCCL, seed + rank per process); needs that many CUDA devices.
     gpus: Annotated[int, Field(ge=1)] = 1
     # None: the twin's own step (usd_twin's twin.physics_dt_s, authored in twin.usd), the step its demos replay at.
-    # Measured on the default twin: the demos' actions replayed open loop succeed 15/24 at 1/480 s, 5/12 at 1/240
+    # Measured on the default twin: the demos' actions replayed open loop succeed 15/24 at 1/480 s, 8/24 at 1/240
     # (the grasp slips), 13/24 at 1/960. Control runs at the recording's fps: decimation = 1 / (fps x dt)
     physics_dt_s: Positive | None = None
     episode_seconds: Positive = 8.0
