@@ -196,8 +196,6 @@ def evaluate_on_twin(recipe: Recipe, twin_dir: Path, bc_dir: Path, rl_dir: Path,
     """The pairs in the twin (sim proxy); returns the rollouts and the twin's bin footprint (xy min, xy max)."""
     from functools import partial
 
-    from pipeline.rl.env_cfg import bin_geometry
-
     cfg = recipe.eval
     rand = recipe.rl.randomization if cfg.randomize else None
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell, rand) for k in range(cfg.pairs)]
@@ -205,8 +203,15 @@ def evaluate_on_twin(recipe: Recipe, twin_dir: Path, bc_dir: Path, rl_dir: Path,
     rollouts = run_sim_pairs(partial(_twin_robot, recipe, twin_dir, report_cube_pose), policies,
                              partial(load_policies, recipe, bc_dir, rl_dir), conditions, recipe.workcell.fps,
                              max_steps, cfg.workers, progress=progress)
-    centre, half, _ = bin_geometry(Path(twin_dir) / "twin.usd")
-    return rollouts, ((centre[0] - half[0], centre[1] - half[1]), (centre[0] + half[0], centre[1] + half[1]))
+    return rollouts, twin_bin_box(Path(twin_dir) / "twin.usd")
+
+
+def twin_bin_box(twin_usd: Path) -> tuple:
+    """The twin's bin footprint, ((x min, y min), (x max, y max)), from its `bin` collider."""
+    from pipeline.rl.env_cfg import bin_geometry
+
+    centre, half, _ = bin_geometry(twin_usd)
+    return (centre[0] - half[0], centre[1] - half[1]), (centre[0] + half[0], centre[1] + half[1])
 
 
 def cameras_read_by(bc_dir: Path) -> tuple[str, ...]:
@@ -342,14 +347,12 @@ def evaluate_on_real_arm(recipe: Recipe, twin_dir: Path, policies: list, progres
     outcome with one key; torque is released on any exit (lerobot's disconnect), Ctrl-C included."""
     from pipeline.eval.loop import OperatorKeys
     from pipeline.eval.robots import real_robot_from_recipe
-    from pipeline.rl.env_cfg import bin_geometry
 
     cfg = recipe.eval
     robot = real_robot_from_recipe(recipe)
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell) for k in range(cfg.pairs)]
     max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
-    centre, half, _ = bin_geometry(Path(twin_dir) / "twin.usd")
-    bin_box = ((centre[0] - half[0], centre[1] - half[1]), (centre[0] + half[0], centre[1] + half[1]))
+    bin_box = twin_bin_box(Path(twin_dir) / "twin.usd")
 
     def prepare(cond: Condition, policy) -> None:
         input(f"\ncondition {cond.index} ({policy.label}): place the cube at x={cond.cube_xy[0]:.3f} m, "
