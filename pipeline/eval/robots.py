@@ -184,7 +184,7 @@ class TwinRobot(SimulatedRobot):
         from pipeline.rl.env_cfg import bin_geometry
         from pipeline.workcell.joints import SIM_JOINTS
         from pipeline.twin.physics import load_twin, make_solver
-        from pipeline.twin.replay import _free_joint_qpos, _servo_indices
+        from pipeline.twin.identify import cube_free_joint, servo_indices
 
         usd = Path(self.config.twin_usd)
         if not usd.is_file():
@@ -196,8 +196,8 @@ class TwinRobot(SimulatedRobot):
         m.opt.timestep = dt
         self.solver, self.m, self.d = solver, m, d  # the solver owns the model: keep it alive
         self.substeps = max(1, round(1 / (self.config.fps * dt)))
-        self.servo = _servo_indices(m)
-        found = _free_joint_qpos(m, d, twin)
+        self.servo = servo_indices(m)
+        found = cube_free_joint(m, d, twin)
         if found is None:
             raise RobotUnavailable(f"{usd} has no rigid `cube`: the pick-and-place evaluation needs one")
         self.cube_adr, self.cube_authored = found

@@ -97,9 +97,12 @@ def split_splat(g: dict[str, np.ndarray], scene: dict, dynamic: list[dict], robo
 
 
 def author_twin(recipe: Recipe, out_dir: Path, scene: dict, mesh_dir: Path, splat: SplatParts, capture,
-                robot_usd: Path, upstream: dict[str, str], progress=None) -> Path:
-    """Write `out_dir/twin.usd` (+ the robot USD beside it); returns the twin's path."""
+                robot_usd: Path, upstream: dict[str, str], progress=None, servo=None) -> Path:
+    """Write `out_dir/twin.usd` (+ the robot USD beside it); returns the twin's path. The drives carry `servo` (a
+    `pipeline.twin.identify.ServoProfile`; default: the recipe's datasheet prior, `twin.servo_prior`)."""
     from pxr import Usd, UsdGeom, UsdPhysics
+
+    from pipeline.twin.identify import ServoProfile
 
     say = progress or (lambda msg: None)
     cfg = recipe.twin
@@ -134,6 +137,7 @@ def author_twin(recipe: Recipe, out_dir: Path, scene: dict, mesh_dir: Path, spla
     materials = _physics_materials(stage, cfg)
     say("referencing the SO-101 and authoring its colliders, servos and home pose")
     _robot(stage, recipe)
+    write_servo(stage, servo or ServoProfile.from_prior(cfg.servo_prior), "prior" if servo is None else "given")
     say("authoring colliders and rigid bodies from the collision mesh")
     for part in scene["parts"]:
         dynamic = part["name"] in cfg.dynamic_objects
@@ -239,7 +243,7 @@ def _physics_scene(stage, cfg) -> None:
     else:  # Newton's schemas registered too late in this process: the same attribute, undeclared (Newton warns)
         prim.CreateAttribute("newton:timeStepsPerSecond", Sdf.ValueTypeNames.Int).Set(steps)
     prim.CreateAttribute("physxScene:timeStepsPerSecond", Sdf.ValueTypeNames.UInt).Set(steps)
-    # MuJoCo solver options, as the workcell has them (Newton's MuJoCo solver reads mjc:option:*)
+    # MuJoCo solver options (Newton's MuJoCo solver reads mjc:option:*)
     prim.CreateAttribute("mjc:option:cone", Sdf.ValueTypeNames.Token).Set(cfg.friction_cone)
     prim.CreateAttribute("mjc:option:impratio", Sdf.ValueTypeNames.Float).Set(cfg.impratio)
 
@@ -266,13 +270,14 @@ def _bind_physics_material(prim, material) -> None:
 
 
 def _robot(stage, recipe: Recipe) -> None:
-    """Reference the robot, make its colliders explicit and set its drives to the workcell's servo model."""
+    """Reference the robot, make its colliders explicit and give each joint a drive at the home pose (its gains:
+    `write_servo`)."""
     from isaaclab_so101.constants import HOME_JOINT_POS
     from pxr import Sdf, Usd, UsdGeom, UsdPhysics
 
     from pipeline.workcell.build import add_robot_colliders
 
-    cell = recipe.workcell
+    cell = recipe.workcell  # the robot's mounting (base yaw) and collider settings: geometry a real cell has too
     robot = UsdGeom.Xform.Define(stage, ROBOT_PATH)
     robot.GetPrim().GetReferences().AddReference(f"./{ROBOT_USD}")
     # the USD's own root transform (a 90 deg yaw) is kept; the calibrated base yaw goes outside it, as the workcell
@@ -291,19 +296,56 @@ def _robot(stage, recipe: Recipe) -> None:
         if not joint.IsValid():
             raise TwinError(f"the SO-101 USD has no joint {name!r}")
         drive = UsdPhysics.DriveAPI.Apply(joint, "angular")
-        # UsdPhysics angular drives are per degree; the servo model is per radian
-        drive.CreateStiffnessAttr(cell.servo.kp[i] * math.pi / 180)
-        drive.CreateDampingAttr(cell.servo.kv[i] * math.pi / 180)
-        drive.CreateMaxForceAttr(cell.servo.torque_limit_nm[i])
         home_deg = math.degrees(HOME_JOINT_POS[name])
         drive.CreateTargetPositionAttr(home_deg)
         # the initial joint state: PhysX's JointStateAPI attribute (Isaac Sim), and Newton's own (not yet in its
         # schema; Newton's default resolver reads only newton:*)
         for attr in ("state:angular:physics:position", "newton:angular:position"):
             joint.CreateAttribute(attr, Sdf.ValueTypeNames.Float).Set(home_deg)
-        # MuJoCo's joint armature and friction loss, as the workcell's servos have them (Newton reads newton:*)
-        joint.CreateAttribute("newton:armature", Sdf.ValueTypeNames.Float).Set(cell.servo.armature)
-        joint.CreateAttribute("newton:friction", Sdf.ValueTypeNames.Float).Set(cell.servo.frictionloss)
+
+
+#: customLayerData["twinloop"] key of the servo model the drives carry (what USD has no attribute for included)
+SERVO_KEY = "servo"
+
+
+def write_servo(stage, profile, source: str, fit: dict | None = None) -> None:
+    """Set the SO-101 drives to a servo profile: stiffness, damping, max force (UsdPhysics drives, per degree),
+    armature and friction loss (Newton's newton:* joint attributes). The latency and the calibration, which no USD
+    schema holds, and where the profile came from (`source`: prior | identified | given; `fit`: its uncertainty)
+    go into the layer's customLayerData["twinloop"]["servo"], read back by `read_servo`."""
+    from pxr import Sdf, UsdPhysics
+
+    root = Sdf.Path(ROBOT_PATH)
+    for i, name in enumerate(SIM_JOINTS):
+        joint = stage.GetPrimAtPath(root.AppendPath(f"joints/{name}"))
+        if not joint.IsValid():
+            raise TwinError(f"the SO-101 USD has no joint {name!r}")
+        drive = UsdPhysics.DriveAPI.Apply(joint, "angular")
+        # UsdPhysics angular drives are per degree; the servo model is per radian
+        drive.CreateStiffnessAttr().Set(float(profile.kp[i]) * math.pi / 180)
+        drive.CreateDampingAttr().Set(float(profile.kv[i]) * math.pi / 180)
+        drive.CreateMaxForceAttr().Set(float(profile.torque_limit_nm[i]))
+        joint.CreateAttribute("newton:armature", Sdf.ValueTypeNames.Float).Set(float(profile.armature[i]))
+        joint.CreateAttribute("newton:friction", Sdf.ValueTypeNames.Float).Set(float(profile.frictionloss[i]))
+    layer = stage.GetRootLayer()
+    data = dict(layer.customLayerData)
+    meta = dict(data.get("twinloop", {}))
+    meta[SERVO_KEY] = json.dumps({"source": source, "profile": profile.to_json(), "fit": fit or {}}, sort_keys=True)
+    data["twinloop"] = meta
+    layer.customLayerData = data
+
+
+def read_servo(usd_path: Path) -> dict:
+    """The servo record `write_servo` left in a twin: {"source", "profile" (ServoProfile.to_json), "fit"}."""
+    from pxr import Sdf
+
+    layer = Sdf.Layer.FindOrOpen(str(usd_path))
+    if layer is None:
+        raise TwinError(f"cannot open {usd_path}")
+    raw = dict(layer.customLayerData).get("twinloop", {}).get(SERVO_KEY)
+    if not raw:
+        raise TwinError(f"{usd_path} records no servo model: rebuild it with usd_twin")
+    return json.loads(raw)
 
 
 def _hull_mesh(stage, path, vertices: np.ndarray, faces: np.ndarray, material, time_constant: float):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
+from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS
 
 
 @dataclass
@@ -26,93 +26,35 @@ class EpisodeReplay:
     commanded_deg: np.ndarray  # [T, 6] the actions 0..T-1
 
 
-def replay_dataset(twin, root: Path, max_episodes: int = 0, progress=None) -> list[EpisodeReplay]:
-    """Replay up to `max_episodes` episodes (0: all) of the LeRobot dataset at `root` in the loaded twin.
+def replay_dataset(twin, root: Path, max_episodes: int = 0, progress=None, servo=None,
+                   model=None) -> list[EpisodeReplay]:
+    """Replay up to `max_episodes` episodes (0: all) of the LeRobot dataset at `root` in the loaded twin, under the
+    servo profile `servo` (default: the drives the twin's USD carries).
 
     Newton builds the twin's MuJoCo model (its `SolverMuJoCo` conversion of the USD: joints, PD servos with the
     authored gains and torque limits, contacts); the loop steps that model with MuJoCo's C engine directly, which
     skips Newton's per-step state copies (5 ms a step on CPU through `solver.step`, ~0.1 ms native)."""
-    import mujoco
-
     from pipeline.demos.checks import DemoData
-    from pipeline.twin.physics import make_solver
+    from pipeline.twin.identify import ReplayModel, load_episodes
 
-    data = DemoData.load(root)
-    for key in ("action", "observation.state"):
-        if key not in data.frames.columns:
-            raise ValueError(f"{root} has no {key!r}: nothing to replay")
-    fps = float(data.meta.fps)
-    substeps = max(1, int(round(1.0 / (fps * twin.physics_dt))))
-    solver = make_solver(twin)
-    if not hasattr(solver, "mj_model") or solver.mj_model is None:
-        raise RuntimeError("the replay steps MuJoCo's C engine: load the twin on CPU with one world")
-    m, d = solver.mj_model, solver.mj_data
-    m.opt.timestep = twin.physics_dt
-    servo = _servo_indices(m)
-    cube_qpos = _free_joint_qpos(m, d, twin)
-    episodes = list(data.episodes())
+    fps = float(DemoData.load(root).meta.fps)
+    episodes = load_episodes(root)
     if max_episodes:
         episodes = episodes[:max_episodes]
-    bar = progress(sum(len(g) - 1 for _, g in episodes)) if progress else None
-    has_env = "observation.environment_state" in data.frames.columns
+    model = model or ReplayModel(twin)
+    servo = servo or model.authored()
+    bar = progress(len(episodes)) if progress else None
     results = []
-    for ep, group in episodes:
-        states = lerobot_to_sim(data.joints(group, "observation.state"))
-        actions = np.clip(lerobot_to_sim(data.joints(group, "action")), LIMITS_LO_RAD, LIMITS_HI_RAD)
-        mujoco.mj_resetData(m, d)
-        d.qpos[servo["qpos"]] = states[0]
-        if cube_qpos is not None:
-            d.qpos[cube_qpos[0]:cube_qpos[0] + 7] = cube_qpos[1]
-            if has_env:  # the recorded cube position (x, y); the twin's cube keeps its captured height and yaw
-                d.qpos[cube_qpos[0]:cube_qpos[0] + 2] = np.asarray(group["observation.environment_state"].iloc[0])[:2]
-        mujoco.mj_forward(m, d)
-        replayed = np.empty((len(states) - 1, 6))
-        for t in range(len(states) - 1):
-            d.ctrl[servo["actuator"]] = actions[t]
-            mujoco.mj_step(m, d, nstep=substeps)
-            replayed[t] = d.qpos[servo["qpos"]]
-            if bar is not None:
-                bar.update(1)
-        if not np.all(np.isfinite(replayed)):
-            raise RuntimeError(f"{root} episode {ep}: the twin diverged during the replay")
-        results.append(EpisodeReplay(ep, np.degrees(states[1:]), np.degrees(replayed), np.degrees(actions[:-1])))
+    for ep in episodes:
+        replayed = model.replay(ep, servo, fps)
+        actions = np.clip(ep.actions, LIMITS_LO_RAD, LIMITS_HI_RAD)
+        results.append(EpisodeReplay(ep.index, np.degrees(ep.states[1:]), np.degrees(replayed),
+                                     np.degrees(actions[:-1])))
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
     return results
-
-
-def _servo_indices(m) -> dict[str, np.ndarray]:
-    """qpos addresses of the SO-101 joints and the position servos (PD actuators) driving them, SIM_JOINTS order."""
-    import mujoco
-
-    qpos, actuators = [], []
-    for name in SIM_JOINTS:
-        joint = next((j for j in range(m.njnt)
-                      if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j) or "").endswith(f"joints_{name}")), None)
-        if joint is None:
-            raise RuntimeError(f"the twin's MuJoCo model has no joint {name!r}")
-        act = next((a for a in range(m.nu) if m.actuator_trnid[a, 0] == joint and m.actuator_gainprm[a, 0] > 0),
-                   None)
-        if act is None:
-            raise RuntimeError(f"the twin has no position servo on joint {name!r} (no drive stiffness authored?)")
-        qpos.append(m.jnt_qposadr[joint])
-        actuators.append(act)
-    return {"qpos": np.array(qpos), "actuator": np.array(actuators)}
-
-
-def _free_joint_qpos(m, d, twin) -> tuple[int, np.ndarray] | None:
-    """(qpos address, authored pose) of the cube's free joint, when the twin has a rigid `cube`."""
-    import mujoco
-
-    if "cube" not in twin.object_bodies:
-        return None
-    free = [j for j in range(m.njnt) if m.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
-    if len(free) != len(twin.object_bodies):
-        return None
-    body_names = sorted(twin.object_bodies, key=twin.object_bodies.get)
-    adr = m.jnt_qposadr[free[body_names.index("cube")]]
-    mujoco.mj_resetData(m, d)
-    return adr, d.qpos[adr:adr + 7].copy()
 
 
 def summarize(replays: list[EpisodeReplay]) -> dict:

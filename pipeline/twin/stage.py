@@ -7,13 +7,23 @@ authors `twin.usd` (see `pipeline.twin.author`), then checks it:
   validation   every OpenUSD validator (UsdValidation: what `usdchecker` runs in usd-core 26) — no errors
   newton       `newton.ModelBuilder.add_usd` loads the SO-101's 6 joints and 7 links and every rigid object
   settle       N s of simulation: objects at rest on the table, overlap <= max, the robot holds its home pose
+  identify     the servos (gains, friction, armature, latency, gripper force, calibration) fitted to the demos'
+               open-loop replay error, held-out episodes before/after; the drives then carry the fit. The real
+               recording gets its own profile the same way (pipeline/twin/identify.py)
   views        the twin's splat rendered through its capture cameras vs the capture photos (PSNR)
   replay       the demos' and a real recording's actions replayed open loop: per-joint tracking error (degrees)
+
+Information barrier: of the stand-in robot (`workcell`) the twin reads only what a real cell gives — the capture,
+the demos, the official robot USD, the robot's mounting and cameras, the joint state at capture. Servo parameters
+come from identification (or `twin.servo_prior`), object mass from the mesh's density prior.
 
 Writes to `out_dir`:
   twin.usd, robot/so101.usd   the stage and the (repaired) official robot USD it references
   metrics.json                everything above and the gate inputs (timings are reported, not written)
   preview.png, replay.png     capture photos vs twin renders; recorded vs replayed joints
+  servo_profile.json          the servo model the drives carry (identified from the demos, or the prior)
+  servo_real.json             the real recording's own identified profile (when twin.real_recording is set)
+  identify.png                held-out episodes: recorded joints vs the prior's and the identified replay
   config.json                 the recipe section and the md5 of every input
 
 User guide: docs/twin.md.
@@ -36,6 +46,17 @@ from pipeline.common.recipe import Recipe
 from pipeline.twin.author import TwinError, activated, author_twin, split_splat
 
 
+def workcell_given(recipe: Recipe) -> dict:
+    """What the twin takes from the `workcell` section: what a real cell's owner knows too — the recording's fps,
+    the robot's mounting, the cameras' calibration, how the official USD's colliders are decomposed. Never the
+    servos, the cube's mass or friction, the table's friction: those are the stand-in robot's hidden physics."""
+    cell = recipe.workcell
+    return {"fps": cell.fps, "robot_base_yaw_deg": cell.robot_base_yaw_deg,
+            "cameras": cell.cameras.model_dump(mode="json"),
+            "colliders": {"decompose_parts": list(cell.decompose_parts), "decompose_max_faces": cell.decompose_max_faces,
+                          "coacd_threshold": cell.coacd_threshold, "seed": cell.seed}}
+
+
 def _folder_md5(files: list[Path]) -> str:
     h = hashlib.md5()
     for f in sorted(files):
@@ -51,8 +72,9 @@ def _bar(desc: str, enabled: bool):
 
 def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir: Path, workcell_dir: Path,
                    demos_dir: Path | None, out_dir: Path, root: Path = Path("."), device: str = "cpu",
-                   log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Author and check the twin; returns the metrics (also in `out_dir/metrics.json`)."""
+                   log: Callable[[str], None] = print, progress: bool = True, runs_dir: Path | None = None) -> dict:
+    """Author and check the twin; returns the metrics (also in `out_dir/metrics.json`). `runs_dir` keeps the
+    identification's finished fits, so an interrupted build resumes instead of refitting."""
     from pipeline.mesh.fusion import robot_surface_points
     from pipeline.workcell.build import official_robot_usd
     from pipeline.splat.gaussians import load_ply
@@ -109,6 +131,23 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
 
     t = time.perf_counter()
     twin = load_twin(usd_path, device)
+    sources = {"demos": Path(demos_dir) if demos_dir else None,
+               "real": (Path(root) / cfg.real_recording) if cfg.real_recording else None}
+    # as the recipe names them (a recording outside the project stays relative to it, not to this machine's root)
+    labels = {"demos": portable(demos_dir, root) if demos_dir else None, "real": cfg.real_recording}
+    metrics["identify"], profiles, curves = identify_servos(twin, cfg, sources, labels, staging, log, progress,
+                                                            Path(runs_dir) / "usd_twin" if runs_dir else None)
+    if "demos" in profiles:  # the drives carry the servos identified from the demos
+        from pxr import Usd
+
+        from pipeline.twin.author import write_servo
+
+        stage = Usd.Stage.Open(str(usd_path))
+        write_servo(stage, profiles["demos"], "identified", metrics["identify"]["demos"]["fit"])
+        stage.GetRootLayer().Save()
+        twin = load_twin(usd_path, device)
+    if curves:
+        identify_figure(curves, staging / "identify.png")
     metrics["newton"] = {"bodies": len(twin.bodies), "joints": len(twin.joints), "robot_joints": 6,
                          "rigid_objects": sorted(twin.object_bodies), "physics_dt": twin.physics_dt,
                          "load_seconds": round(time.perf_counter() - t, 2)}
@@ -126,10 +165,6 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
     runs = {}
     from pipeline.twin.replay import replay_dataset, replay_figure, summarize
 
-    sources = {"demos": Path(demos_dir) if demos_dir else None,
-               "real": (Path(root) / cfg.real_recording) if cfg.real_recording else None}
-    # as the recipe names them (a recording outside the project stays relative to it, not to this machine's root)
-    labels = {"demos": portable(demos_dir, root) if demos_dir else None, "real": cfg.real_recording}
     for name, source in sources.items():
         if source is None or not (source / "meta" / "info.json").is_file():
             metrics["replay"][name] = {"measured": False,
@@ -147,11 +182,106 @@ def build_usd_twin(recipe: Recipe, mesh_dir: Path, splat_dir: Path, capture_dir:
         f"{name}: mean tracking RMSE {r['mean_rmse_deg']:.2f} deg > {cfg.max_replay_rmse_deg}"
         for name, r in metrics["replay"].items() if r.get("measured") and r["mean_rmse_deg"] > cfg.max_replay_rmse_deg]
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    write_config(staging, {"twin": cfg.model_dump(mode="json"), "workcell_md5": recipe.workcell.md5(),
+    write_config(staging, {"twin": cfg.model_dump(mode="json"), "workcell_given": workcell_given(recipe),
                            "upstream_md5": upstream})
     write_metrics(staging, metrics)
     replace_dir(staging, Path(out_dir))
     return metrics
+
+
+def identify_servos(twin, cfg, sources: dict, labels: dict, out: Path, log, progress: bool,
+                    cache_root: Path | None) -> tuple[dict, dict, dict]:
+    """Identify a servo profile per recording (the demos: the twin's; the real recording: that arm's, written to
+    servo_real.json). Returns (metrics per recording, identified profiles, held-out curves for the figure)."""
+    from pipeline.demos.checks import DemoData
+    from pipeline.twin.identify import (IdentifyError, ReplayModel, ServoProfile, error_summary, identify,
+                                        load_episodes, split_episodes, tracking_error)
+
+    id_cfg = cfg.identify
+    prior = ServoProfile.from_prior(cfg.servo_prior)
+    report, profiles, curves = {}, {}, {}
+    model = None
+    for name, source in sources.items():
+        if not id_cfg.enabled:
+            report[name] = {"identified": False, "why": "twin.identify.enabled is false"}
+            continue
+        if source is None or not (source / "meta" / "info.json").is_file():
+            report[name] = {"identified": False,
+                            "why": f"no LeRobot dataset at {labels[name]}" if source else "not configured"}
+            continue
+        model = model or ReplayModel(twin)
+        fps = float(DemoData.load(source).meta.fps)
+        episodes = load_episodes(source)
+        heldout_n = id_cfg.heldout_episodes if name == "demos" else id_cfg.real_heldout_episodes
+        try:
+            train, heldout = split_episodes(episodes, heldout_n, id_cfg.train_episodes, id_cfg.seed)
+            log(f"identifying the servos from the {name}: {len(train)} episode(s) fitted, "
+                f"{len(heldout)} held out")
+            t = time.perf_counter()
+            result = identify(model, train, prior, id_cfg, fps, log=log, progress=progress,
+                              cache_dir=cache_root / name if cache_root else None)
+        except IdentifyError as exc:
+            if name == "demos":
+                raise  # the twin's own servos: a recording that cannot identify them is the user's to fix
+            report[name] = {"identified": False, "why": str(exc)}
+            log(f"the {name} cannot identify servos: {exc}")
+            continue
+        before = tracking_error(model, heldout, prior, fps)
+        after = tracking_error(model, heldout, result.profile, fps)
+        report[name] = {
+            "identified": True, "dataset": labels[name],
+            "train_episodes": [e.index for e in train], "heldout_episodes": [e.index for e in heldout],
+            "heldout": {"prior": error_summary(before), "identified": error_summary(after)},
+            "train_rmse_deg": round(result.train_rmse_deg, 4),
+            "fit": {"cost_by_latency": {str(k): round(v, 2) for k, v in result.cost_by_latency.items()},
+                    "spread": result.spread, "replays": result.evaluations,
+                    "episode_refits": len(result.episode_profiles)},
+            "profile": result.profile.to_json(), "prior": prior.to_json(),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        log(f"  held-out mean RMSE {report[name]['heldout']['prior']['mean_rmse_deg']:.2f} deg (prior) -> "
+            f"{report[name]['heldout']['identified']['mean_rmse_deg']:.2f} deg (identified)")
+        profiles[name] = result.profile
+        (out / ("servo_profile.json" if name == "demos" else f"servo_{name}.json")).write_text(json.dumps(
+            {"dataset": labels[name], "profile": result.profile.to_json(), "fit": report[name]["fit"],
+             "heldout": report[name]["heldout"]}, indent=2))
+        ep = heldout[0]
+        curves[name] = {"episode": ep.index, "recorded": np.degrees(ep.states[1:]),
+                        "prior": np.degrees(model.replay(ep, prior, fps)),
+                        "identified": np.degrees(model.replay(ep, result.profile, fps))}
+    if "demos" not in profiles:
+        (out / "servo_profile.json").write_text(json.dumps({"dataset": None, "profile": prior.to_json(),
+                                                            "why": report.get("demos", {}).get("why")}, indent=2))
+    return report, profiles, curves
+
+
+def identify_figure(curves: dict, path: Path) -> None:
+    """One row per recording: each joint on a held-out episode — recorded, the prior's replay, the identified."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.workcell.joints import SIM_JOINTS
+
+    fig, axes = plt.subplots(len(curves), 6, figsize=(18, 2.8 * len(curves)), squeeze=False)
+    for r, (name, c) in enumerate(curves.items()):
+        t = np.arange(1, len(c["recorded"]) + 1)
+        for j, joint in enumerate(SIM_JOINTS):
+            ax = axes[r, j]
+            ax.plot(t, c["recorded"][:, j], color="tab:blue", lw=1.4, label="recorded")
+            ax.plot(t, c["prior"][:, j], color="0.6", lw=1.0, ls=":", label="prior")
+            ax.plot(t, c["identified"][:, j], color="tab:red", lw=1.1, ls="--", label="identified")
+            rm = [np.sqrt(np.mean((c[k][:, j] - c["recorded"][:, j]) ** 2)) for k in ("prior", "identified")]
+            ax.set_title(f"{name} ep {c['episode']} (held out): {joint}\nRMSE {rm[0]:.2f} -> {rm[1]:.2f} deg",
+                         fontsize=8)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("deg")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def stage_summary(usd_path: Path) -> dict:
