@@ -246,7 +246,7 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
         metrics = build_usd_twin(recipe, paths.artifact(MESH_DIR), paths.artifact(SPLAT_DIR),
                                  paths.artifact(CAPTURE_DIR), paths.artifact(WORKCELL_DIR), paths.artifact(DEMOS_DIR),
                                  paths.artifact(TWIN_DIR), root=paths.root_path, device="cpu", log=context.log.info,
-                                 progress=False)
+                                 progress=False, runs_dir=paths.artifact(RUNS_DIR))
     for warning in metrics["replay_warnings"]:
         context.log.warning(f"sim-real gap: {warning}")
     out = paths.artifact(TWIN_DIR)
@@ -267,6 +267,13 @@ def usd_twin(context: dg.AssetExecutionContext, paths: ProjectPaths, dvc: DvcRes
             metadata[f"replay_{name}_rmse_deg"] = dg.MetadataValue.float(r["mean_rmse_deg"])
     if (out / "replay.png").is_file():
         metadata["replay"] = dg.MetadataValue.md(image_md(out / "replay.png", width=900))
+    metadata["servo_identification"] = dg.MetadataValue.md(_identify_table(metrics.get("identify", {})))
+    for name, r in metrics.get("identify", {}).items():
+        if r.get("identified"):
+            metadata[f"identified_{name}_heldout_rmse_deg"] = dg.MetadataValue.float(
+                r["heldout"]["identified"]["mean_rmse_deg"])
+    if (out / "identify.png").is_file():
+        metadata["servo_fit"] = dg.MetadataValue.md(image_md(out / "identify.png", width=900))
     return committed("usd_twin", dvc, recipe, "twin", metadata, metrics)
 
 
@@ -282,6 +289,26 @@ def _replay_table(replay: dict) -> str:
         rows.append(f"| {name} | {r['episodes']} | {r['frames']} | "
                     + " | ".join(f"{r['rmse_deg'][j]:.2f}" for j in SIM_JOINTS) + f" | {r['mean_rmse_deg']:.2f} |")
     return "Open-loop tracking RMSE, degrees (twin vs recorded joints)\n\n" + "\n".join(rows)
+
+
+def _identify_table(identify: dict) -> str:
+    """Held-out open-loop RMSE per joint, prior vs identified, and the identified gains, per recording."""
+    from pipeline.workcell.joints import SIM_JOINTS
+
+    rows = ["| recording | servo model | " + " | ".join(SIM_JOINTS) + " | mean |",
+            "|---|---|" + "---|" * (len(SIM_JOINTS) + 1)]
+    for name, r in identify.items():
+        if not r.get("identified"):
+            rows.append(f"| {name} | not identified: {r.get('why', '')} |")
+            continue
+        for model in ("prior", "identified"):
+            e = r["heldout"][model]
+            rows.append(f"| {name} (held out {r['heldout_episodes']}) | {model} | "
+                        + " | ".join(f"{e['rmse_deg'][j]:.2f}" for j in SIM_JOINTS) + f" | {e['mean_rmse_deg']:.2f} |")
+        p = r["profile"]
+        rows.append(f"| {name} | kp / kv (latency {p['latency_steps']} frames) | "
+                    + " | ".join(f"{p['kp'][j]:.1f} / {p['kv'][j]:.2f}" for j in SIM_JOINTS) + " | |")
+    return "Servo identification: held-out open-loop tracking RMSE, degrees\n\n" + "\n".join(rows)
 
 
 def _twin_metrics(paths: ProjectPaths) -> dict:

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = build_usd_twin(recipe, Path(STAGE_DIRS["collision_mesh"]), Path(STAGE_DIRS["gaussian_splat"]),
                                      Path(STAGE_DIRS["scene_capture"]), Path(STAGE_DIRS["sim_workcell"]),
                                      Path(STAGE_DIRS["demos"]), Path(STAGE_DIRS["usd_twin"]),
-                                     device="cpu" if args.device == "auto" else args.device)
+                                     device="cpu" if args.device == "auto" else args.device, runs_dir=Path(RUNS_DIR))
         except (TwinError, CaptureError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -49,7 +49,7 @@ class Condition:
     cube_yaw_deg: float
     gain_scale: float = 1.0
     mass_scale: float = 1.0
-    latency_steps: int = 0
+    latency_steps: int | None = None  # None: the robot's own (the twin: its identified servo latency)
     joint_noise_units: float = 0.0
 
 
@@ -72,7 +72,7 @@ def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition
     return Condition(index, seed, (float(x), float(y)), float(yaw),
                      gain_scale=float(rng.uniform(r.joint_gain_scale.low, r.joint_gain_scale.high)),
                      mass_scale=float(rng.uniform(r.cube_mass_scale.low, r.cube_mass_scale.high)),
-                     latency_steps=int(rng.integers(0, r.max_action_latency_steps + 1)),
+                     latency_steps=int(rng.integers(r.action_latency_steps[0], r.action_latency_steps[1] + 1)),
                      joint_noise_units=float(r.joint_noise_units))
 
 
@@ -197,6 +197,9 @@ class TwinRobot(SimulatedRobot):
         self.solver, self.m, self.d = solver, m, d  # the solver owns the model: keep it alive
         self.substeps = max(1, round(1 / (self.config.fps * dt)))
         self.servo = servo_indices(m)
+        from pipeline.rl.env_cfg import twin_latency_steps
+
+        self.own_latency = twin_latency_steps(usd)  # the twin's identified servo latency
         found = cube_free_joint(m, d, twin)
         if found is None:
             raise RobotUnavailable(f"{usd} has no rigid `cube`: the pick-and-place evaluation needs one")
@@ -232,7 +235,7 @@ class TwinRobot(SimulatedRobot):
 
         units = np.clip([action[name] for name in LEROBOT_JOINT_NAMES], LEROBOT_LO, LEROBOT_HI)
         self.pending.insert(0, lerobot_to_sim(units))
-        target = self.pending.pop() if len(self.pending) > self.condition.latency_steps else self.pending[-1]
+        target = self.pending.pop() if len(self.pending) > self.latency_steps else self.pending[-1]
         self.d.ctrl[self.servo["actuator"]] = target
         mujoco.mj_step(self.m, self.d, nstep=self.substeps)
         if not np.all(np.isfinite(self.d.qpos)):
@@ -259,7 +262,8 @@ class TwinRobot(SimulatedRobot):
         d.ctrl[self.servo["actuator"]] = self.home
         d.qpos[self.cube_adr:self.cube_adr + 7] = placed_pose(condition, self.cube_rest_z)
         mujoco.mj_forward(m, d)
-        self.pending = [self.home.copy()] * condition.latency_steps
+        self.latency_steps = self.own_latency if condition.latency_steps is None else condition.latency_steps
+        self.pending = [self.home.copy()] * self.latency_steps
         self._reset_signals()
 
     def tcp(self) -> np.ndarray:

@@ -109,7 +109,8 @@ def record_rollouts(rollouts: list, out_dir: Path, fps: int, task: str, robot_ty
             c = r.condition
             writer.writerow([i, c.index, c.seed, r.policy, r.order, r.outcome, r.steps, f"{r.seconds:.3f}",
                              f"{c.cube_xy[0]:.4f}", f"{c.cube_xy[1]:.4f}", f"{c.cube_yaw_deg:.1f}",
-                             f"{c.gain_scale:.3f}", f"{c.mass_scale:.3f}", c.latency_steps])
+                             f"{c.gain_scale:.3f}", f"{c.mass_scale:.3f}",
+                             "own" if c.latency_steps is None else c.latency_steps])
     dataset.finalize()
     return frames
 
@@ -197,7 +198,11 @@ def evaluate_on_twin(recipe: Recipe, twin_dir: Path, bc_dir: Path, rl_dir: Path,
     from functools import partial
 
     cfg = recipe.eval
-    rand = recipe.rl.randomization if cfg.randomize else None
+    rand = None
+    if cfg.randomize:  # rl's ranges, the servo ones resolved from the twin's identification as rl resolves them
+        from pipeline.rl.env_cfg import resolve_randomization
+
+        rand = resolve_randomization(recipe.rl.randomization, Path(twin_dir) / "twin.usd")
     conditions = [draw_condition(k, cfg.seed + k, recipe.workcell, rand) for k in range(cfg.pairs)]
     max_steps = int(round(cfg.episode_seconds * recipe.workcell.fps))
     rollouts = run_sim_pairs(partial(_twin_robot, recipe, twin_dir, report_cube_pose), policies,

@@ -23,11 +23,17 @@ class RlRewardConfig(Section):
 
 
 class RlRandomizationConfig(Section):
-    """Domain randomization per episode (the cube's pose comes from workcell.cube's spawn ranges)."""
+    """Domain randomization per episode (the cube's pose comes from workcell.cube's spawn ranges). The servo ranges
+    default to the twin's identification (usd_twin fits them to the demos): centred on the identified values the
+    twin's drives carry, widened by `uncertainty_sigmas` x their spread across the per-episode refits."""
 
-    cube_mass_scale: Range = Range(low=0.8, high=1.25)
-    joint_gain_scale: Range = Range(low=0.85, high=1.15)  # servo stiffness and damping
-    max_action_latency_steps: Annotated[int, Field(ge=0)] = 1  # each episode delays commands by 0..N control steps
+    cube_mass_scale: Range = Range(low=0.8, high=1.25)  # the cube's mass is a density prior, not identified
+    # servo stiffness and damping scale; None: 1 +- uncertainty_sigmas x the fit's relative spread of kp and kv
+    joint_gain_scale: Range | None = None
+    # command latency (control steps), both ends drawn; None: the range of the training episodes' best latencies,
+    # widened by uncertainty_sigmas x their standard deviation (the twin's identified latency applies either way)
+    action_latency_steps: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None
+    uncertainty_sigmas: float = Field(2.0, ge=0)
     joint_noise_units: float = Field(0.5, ge=0)  # Gaussian noise on the actor's joint reading (so101 units)
 
 

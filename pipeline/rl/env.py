@@ -61,7 +61,7 @@ class TwinPickPlaceEnvCfg(DirectRLEnvCfg):
     reward_weights: dict = {}
     cube_mass_scale: tuple[float, float] = (1.0, 1.0)
     joint_gain_scale: tuple[float, float] = (1.0, 1.0)
-    max_action_latency_steps: int = 0
+    action_latency_steps: tuple[int, int] = (0, 0)  # each episode delays commands by lo..hi control steps
     joint_noise_units: float = 0.0
     fixed_cube_seeds: bool = False  # evaluation: episode k of env i uses seed eval_seed + ...
 
@@ -89,7 +89,7 @@ class TwinPickPlaceEnv(DirectRLEnv):
         self.residual = torch.zeros(n, 6, device=dev)
         self.prev_residual = torch.zeros(n, 6, device=dev)
         self.latency = torch.zeros(n, dtype=torch.long, device=dev)
-        self.history = torch.zeros(n, cfg.max_action_latency_steps + 1, 6, device=dev)  # commanded targets
+        self.history = torch.zeros(n, cfg.action_latency_steps[1] + 1, 6, device=dev)  # commanded targets
         self.rest_steps = torch.zeros(n, dtype=torch.long, device=dev)
         self.cube_rest_z = float(self.cube.data.root_pos_w.torch[0, 2])
         self.default_stiffness = self.robot.data.joint_stiffness.torch.clone()
@@ -228,8 +228,8 @@ class TwinPickPlaceEnv(DirectRLEnv):
         if self.default_cube_mass is not None:
             scale = _lerp(self.cfg.cube_mass_scale, draws[:, 4])[:, None]
             self.cube.set_masses_index(masses=self.default_cube_mass[env_ids] * scale, env_ids=env_ids)
-        self.latency[env_ids] = torch.floor(draws[:, 5] * (self.cfg.max_action_latency_steps + 1)).long().clamp(
-            max=self.cfg.max_action_latency_steps)
+        lo, hi = self.cfg.action_latency_steps
+        self.latency[env_ids] = (lo + torch.floor(draws[:, 5] * (hi - lo + 1)).long()).clamp(max=hi)
         home = self.robot.data.default_joint_pos.torch[env_ids, :6]
         self.history[env_ids] = home[:, None].expand(-1, self.history.shape[1], -1)
         self.residual[env_ids] = 0

@@ -93,12 +93,13 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
         robot = ArticulationCfg(
             prim_path="{ENV_REGEX_NS}/Twin/Robot", spawn=None,
             init_state=ArticulationCfg.InitialStateCfg(joint_pos=dict(HOME_JOINT_POS)),
-            # stiffness/damping/effort None: the servo model authored in the twin (workcell.servo)
+            # stiffness/damping/effort None: the servo model authored in the twin (identified from the demos)
             actuators={"servos": ImplicitActuatorCfg(joint_names_expr=[".*"], stiffness=None, damping=None)})
         cube = RigidObjectCfg(prim_path="{ENV_REGEX_NS}/Twin/Objects/cube", spawn=None)
 
     centre, half, rim = bin_geometry(twin_usd)
-    r = cfg.randomization
+    r = resolve_randomization(cfg.randomization, twin_usd)
+    own_latency = twin_latency_steps(twin_usd)
     env = TwinPickPlaceEnvCfg()
     env.sim = SimulationCfg(dt=physics_dt, render_interval=decimation, device=device,
                             physics=physics_cfg(recipe, device))
@@ -115,11 +116,55 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
     env.tcp_offset = tuple(TCP_OFFSET)
     env.success_hold_steps = cfg.success_hold_steps
     env.reward_weights = cfg.rewards.model_dump()
+    env.action_latency_steps = (own_latency, own_latency)  # the twin's identified servo latency
     if evaluation:
         env.fixed_cube_seeds = True
     else:
         env.cube_mass_scale = (r.cube_mass_scale.low, r.cube_mass_scale.high)
         env.joint_gain_scale = (r.joint_gain_scale.low, r.joint_gain_scale.high)
-        env.max_action_latency_steps = r.max_action_latency_steps
+        lo, hi = r.action_latency_steps  # never without the twin's own latency
+        env.action_latency_steps = (min(lo, own_latency), max(hi, own_latency))
         env.joint_noise_units = r.joint_noise_units
     return env
+
+
+def twin_latency_steps(twin_usd: Path) -> int:
+    """The command latency (control steps) of the twin's servo model: identified by usd_twin, 0 for the prior."""
+    from pipeline.twin.author import TwinError, read_servo
+
+    try:
+        return int(read_servo(Path(twin_usd))["profile"].get("latency_steps", 0))
+    except TwinError:  # a twin authored before servos were recorded: its drives alone, no latency
+        return 0
+
+
+def resolve_randomization(r, twin_usd: Path):
+    """rl.randomization with its servo ranges filled in from the twin's identification where they are None:
+    stiffness/damping scale 1 +- sigmas x the mean relative spread of kp and kv across the per-episode refits;
+    latency the training episodes' best latencies, widened by sigmas x their standard deviation."""
+    import numpy as np
+
+    from pipeline.twin.author import TwinError, read_servo
+
+    if r.joint_gain_scale is not None and r.action_latency_steps is not None:
+        return r
+    try:
+        record = read_servo(Path(twin_usd))
+    except TwinError as exc:
+        raise RlError(f"{exc}; or set rl.randomization.joint_gain_scale and action_latency_steps") from exc
+    if record["source"] != "identified":
+        raise RlError(f"{twin_usd}: the twin's servos were not identified (source: {record['source']}), so there is "
+                      "no uncertainty to randomize by: enable twin.identify, or set rl.randomization."
+                      "joint_gain_scale and action_latency_steps")
+    spread = record["fit"]["spread"]
+    update = {}
+    if r.joint_gain_scale is None:
+        rel = np.mean([np.mean(list(spread[k].values())) for k in ("kp", "kv")])
+        width = min(r.uncertainty_sigmas * float(rel), 0.9)
+        update["joint_gain_scale"] = {"low": round(1 - width, 4), "high": round(1 + width, 4)}
+    if r.action_latency_steps is None:
+        per_episode = np.asarray(spread["latency_steps"]["per_episode"], dtype=float)
+        widen = r.uncertainty_sigmas * per_episode.std()
+        update["action_latency_steps"] = (int(max(0, np.floor(per_episode.min() - widen))),
+                                          int(np.ceil(per_episode.max() + widen)))
+    return type(r).model_validate({**r.model_dump(), **update})

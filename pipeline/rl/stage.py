@@ -58,10 +58,13 @@ def evaluate(env, act, episodes: int, seed: int) -> list[bool]:
     env (the same seeds for every policy), no randomization but the pose. `act(obs) -> residual`."""
     import torch
 
+    from pipeline.rl.env_cfg import twin_latency_steps
+
     cfg = env.cfg
-    saved = (cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.max_action_latency_steps,
+    saved = (cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.action_latency_steps,
              cfg.joint_gain_scale, cfg.cube_mass_scale)
-    cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.max_action_latency_steps = True, seed, 0.0, 0
+    own = twin_latency_steps(cfg.twin_usd)  # the twin's own servo latency, no draws
+    cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.action_latency_steps = True, seed, 0.0, (own, own)
     cfg.joint_gain_scale, cfg.cube_mass_scale = (1.0, 1.0), (1.0, 1.0)
     env.next_seed = 0
     results = []
@@ -80,7 +83,7 @@ def evaluate(env, act, episodes: int, seed: int) -> list[bool]:
                         break
                 results += success.cpu().tolist()
     finally:
-        (cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.max_action_latency_steps,
+        (cfg.fixed_cube_seeds, cfg.seed, cfg.joint_noise_units, cfg.action_latency_steps,
          cfg.joint_gain_scale, cfg.cube_mass_scale) = saved
     return results[:episodes]
 
