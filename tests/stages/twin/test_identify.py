@@ -154,3 +154,36 @@ def test_the_twin_does_not_read_the_stand_in_robots_hidden_physics(twin_inputs, 
     moved = recipe.model_copy(update={"workcell": cell.model_copy(update={"cameras": cell.cameras.model_copy(
         update={"front": cell.cameras.front.model_copy(update={"fovy_deg": 40.0})})})})
     assert workcell_given(moved) != workcell_given(recipe)
+
+
+def test_rl_randomization_is_widened_by_the_identifications_spread(synthetic_twin, recipe, tmp_path):
+    """rl.randomization's servo ranges (null) come from the twin's fit: gains 1 +- sigmas x the kp/kv spread,
+    latency over the episodes' best latencies; the twin's own prior has no spread to randomize by."""
+    import shutil
+    from dataclasses import replace
+
+    from pxr import Usd
+
+    from pipeline.rl.env_cfg import RlError, resolve_randomization, twin_latency_steps
+    from pipeline.twin.author import write_servo
+
+    r = recipe.rl.randomization
+    assert r.joint_gain_scale is None and r.action_latency_steps is None
+    with pytest.raises(RlError, match="not identified"):
+        resolve_randomization(r, synthetic_twin["path"])
+    twin_dir = tmp_path / "twin"
+    shutil.copytree(synthetic_twin["path"].parent, twin_dir)
+    stage = Usd.Stage.Open(str(twin_dir / "twin.usd"))
+    spread = {"kp": dict.fromkeys(SIM_JOINTS, 0.04), "kv": dict.fromkeys(SIM_JOINTS, 0.06),
+              "latency_steps": {"min": 1, "max": 2, "per_episode": [1, 1, 2, 1]}}
+    write_servo(stage, replace(_prior(recipe), latency_steps=1), "identified", {"spread": spread})
+    stage.GetRootLayer().Save()
+    resolved = resolve_randomization(r, twin_dir / "twin.usd")
+    w = r.uncertainty_sigmas * 0.05
+    assert (resolved.joint_gain_scale.low, resolved.joint_gain_scale.high) == pytest.approx((1 - w, 1 + w))
+    assert resolved.action_latency_steps == (0, 3)  # 1..2, widened by 2 x 0.43 frames
+    assert twin_latency_steps(twin_dir / "twin.usd") == 1
+    from pipeline.common.sections import Range
+
+    fixed = r.model_copy(update={"joint_gain_scale": Range(low=0.9, high=1.1), "action_latency_steps": (0, 1)})
+    assert resolve_randomization(fixed, synthetic_twin["path"]) is fixed
