@@ -69,6 +69,9 @@ def draw_condition(index: int, seed: int, cell, randomization=None) -> Condition
     if randomization is None:
         return Condition(index, seed, (float(x), float(y)), float(yaw))
     r = randomization
+    if r.joint_gain_scale is None or r.action_latency_steps is None:
+        raise ValueError("draw_condition needs concrete servo ranges: pass rl.randomization through "
+                         "pipeline.rl.env_cfg.resolve_randomization (the twin's identification) first")
     return Condition(index, seed, (float(x), float(y)), float(yaw),
                      gain_scale=float(rng.uniform(r.joint_gain_scale.low, r.joint_gain_scale.high)),
                      mass_scale=float(rng.uniform(r.cube_mass_scale.low, r.cube_mass_scale.high)),

@@ -94,9 +94,16 @@ def test_twin_robot_places_conditions_and_replays_them_identically(twin_robot, r
     from pipeline.eval.policies import BCPolicy
     from pipeline.eval.robots import draw_condition
 
-    a = draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
-    b = draw_condition(1, 12, recipe.workcell, recipe.rl.randomization)
-    assert a != b and a == draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
+    from pipeline.common.sections import Range
+
+    # the servo ranges as rl resolves them from an identified twin (the synthetic twin carries the prior)
+    ranges = recipe.rl.randomization.model_copy(update={"joint_gain_scale": Range(low=0.85, high=1.15),
+                                                        "action_latency_steps": (0, 1)})
+    with pytest.raises(ValueError, match="resolve_randomization"):
+        draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
+    a = draw_condition(0, 11, recipe.workcell, ranges)
+    b = draw_condition(1, 12, recipe.workcell, ranges)
+    assert a != b and a == draw_condition(0, 11, recipe.workcell, ranges)
     assert 0.85 <= a.gain_scale <= 1.15 and 0.8 <= a.mass_scale <= 1.25 and a.latency_steps in (0, 1)
     twin_robot.start_episode(a)
     obs = twin_robot.get_observation()
