@@ -98,7 +98,6 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
         cube = RigidObjectCfg(prim_path="{ENV_REGEX_NS}/Twin/Objects/cube", spawn=None)
 
     centre, half, rim = bin_geometry(twin_usd)
-    r = resolve_randomization(cfg.randomization, twin_usd)
     own_latency = twin_latency_steps(twin_usd)
     env = TwinPickPlaceEnvCfg()
     env.sim = SimulationCfg(dt=physics_dt, render_interval=decimation, device=device,
@@ -120,6 +119,7 @@ def make_env_cfg(recipe: Recipe, twin_usd: Path, bc_checkpoint: Path, num_envs: 
     if evaluation:
         env.fixed_cube_seeds = True
     else:
+        r = resolve_randomization(cfg.randomization, twin_usd)  # training only: evaluation draws no physics
         env.cube_mass_scale = (r.cube_mass_scale.low, r.cube_mass_scale.high)
         env.joint_gain_scale = (r.joint_gain_scale.low, r.joint_gain_scale.high)
         lo, hi = r.action_latency_steps  # never without the twin's own latency

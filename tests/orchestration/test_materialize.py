@@ -201,7 +201,9 @@ def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_tw
     from resources import default_resources
 
     project = tiny_project(tmp_path / "project", {
-        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5},
+        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5,
+               # the synthetic twin carries the servo prior, no identification to take the ranges from
+               "randomization": {"joint_gain_scale": {"low": 0.85, "high": 1.15}, "action_latency_steps": [0, 1]}},
         "project": {"dvc_remote": ""},
     }, models={"models/twin": synthetic_twin["path"].parent, "models/bc": tiny_bc[0]})
 
