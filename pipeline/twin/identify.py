@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.workcell.joints import LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
+from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
 
 GRIPPER = len(SIM_JOINTS) - 1
 _MID_RAD = (LIMITS_LO_RAD + LIMITS_HI_RAD) / 2
@@ -120,12 +120,21 @@ def load_episodes(root: Path) -> list[Episode]:
     for key in ("action", "observation.state"):
         if key not in data.frames.columns:
             raise IdentifyError(f"{root} has no {key!r}: nothing to replay")
+        names = list((data.meta.features.get(key) or {}).get("names") or [])
+        if names and tuple(names) != LEROBOT_JOINT_NAMES:  # another arm, or the joints in another order
+            raise IdentifyError(f"{root}: {key!r} holds the joints {names}; identifying SO-101 servos needs "
+                                f"{list(LEROBOT_JOINT_NAMES)} in that order")
     has_env = "observation.environment_state" in data.frames.columns
     out = []
     for ep, group in data.episodes():
         cube = np.asarray(group["observation.environment_state"].iloc[0])[:2] if has_env else None
-        out.append(Episode(int(ep), lerobot_to_sim(data.joints(group, "observation.state")),
-                           lerobot_to_sim(data.joints(group, "action")), cube))
+        states, actions = data.joints(group, "observation.state"), data.joints(group, "action")
+        for key, values in (("observation.state", states), ("action", actions)):
+            bad = ~np.isfinite(np.asarray(values, dtype=float)).all(axis=1)
+            if bad.any():  # a damaged recording: the optimizer would chase NaN costs instead of saying so
+                raise IdentifyError(f"{root}: episode {int(ep)} has non-finite {key!r} in {int(bad.sum())} frame(s) "
+                                    f"(first at frame {int(np.argmax(bad))}): repair or drop that episode")
+        out.append(Episode(int(ep), lerobot_to_sim(states), lerobot_to_sim(actions), cube))
     return out
 
 

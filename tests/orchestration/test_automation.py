@@ -11,6 +11,8 @@ import time
 import dagster as dg
 import yaml
 
+from tests_helpers import PRIOR_TWIN_SERVO_RANGES
+
 
 def _folder_md5(folder):
     digest = hashlib.md5()
@@ -33,7 +35,8 @@ def test_new_demos_retrain_only_the_policy_chain(tmp_path, recorded, small_recip
         "demos": {"source": "local", "local_path": str(recorded), "state_only": True, "episodes": 2,
                   "checks": {"min_episodes": 2}},
         "bc": {"steps": 4, "save_freq": 2, "log_freq": 1, "batch_size": 4, "held_out_episodes": 1, "eval_episodes": 2},
-        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5},
+        "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5,
+               "randomization": PRIOR_TWIN_SERVO_RANGES},
         "eval": {"pairs": 1, "episode_seconds": 0.5, "failure_examples": 1},
         "project": {"dvc_remote": ""},
     }, models={"models/workcell": workcell_xml.parent, "models/twin": synthetic_twin["path"].parent})

@@ -12,6 +12,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from tests_helpers import PRIOR_TWIN_SERVO_RANGES
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_project):
@@ -177,6 +179,9 @@ def test_usd_twin_asset(project):
     objects = [p["name"] for p in scene["parts"] if p["role"] == "object" and p["name"] != "bin"]
     recipe = yaml.safe_load((project / "params.yaml").read_text())
     recipe["twin"].update(dynamic_objects=objects[:1], replay_episodes=1)  # the rough mesh may not find the cube
+    # the project's 2 short demos: one fitted, one held out, a short fit (the full one is tests/stages/twin's)
+    recipe["twin"]["identify"].update(heldout_episodes=1, train_episodes=1, min_frames=20, max_latency_steps=0,
+                                      latency_scan_evaluations=2, max_evaluations=3, episode_refit_evaluations=1)
     (project / "params.yaml").write_text(yaml.safe_dump(recipe))
     checks = [twin_stage_is_valid, twin_loads_in_newton, twin_settles_at_rest, twin_views_match_capture,
               twin_replay_gap]
@@ -186,6 +191,8 @@ def test_usd_twin_asset(project):
     assert mat.tags["dagster/data_version"] == lock["stages"]["usd_twin"]["outs"][0]["md5"]
     assert "| demos | 1 |" in mat.metadata["replay_gap"].value  # one demo episode replayed
     assert "| real | not measured" in mat.metadata["replay_gap"].value  # no ../shared beside the project copy
+    assert "| demos (held out [" in mat.metadata["servo_identification"].value  # the twin's servos identified
+    assert "servo_fit" in mat.metadata and (project / "models" / "twin" / "servo_profile.json").is_file()
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == {next(iter(c.check_specs)).name for c in checks}
     for name in ("twin_stage_is_valid", "twin_loads_in_newton", "twin_views_match_capture"):
@@ -202,8 +209,7 @@ def test_rl_policy_asset_trains_through_pipes_and_commits(tmp_path, synthetic_tw
 
     project = tiny_project(tmp_path / "project", {
         "rl": {"num_envs": 2, "iterations": 1, "steps_per_env": 2, "eval_episodes": 2, "episode_seconds": 0.5,
-               # the synthetic twin carries the servo prior, no identification to take the ranges from
-               "randomization": {"joint_gain_scale": {"low": 0.85, "high": 1.15}, "action_latency_steps": [0, 1]}},
+               "randomization": PRIOR_TWIN_SERVO_RANGES},
         "project": {"dvc_remote": ""},
     }, models={"models/twin": synthetic_twin["path"].parent, "models/bc": tiny_bc[0]})
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tests_helpers import ROOT
+from tests_helpers import PRIOR_TWIN_SERVO_RANGES, ROOT
 
 
 # --- policies -----------------------------------------------------------------------------------------------------
@@ -158,8 +158,11 @@ def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  usd_twin:\n    cmd: twinloop run usd_twin\n"
                                    "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
                                    "      nfiles: 3\n")
-    small = recipe.model_copy(update={"eval": recipe.eval.model_copy(
-        update={"robot": "twin", "randomize": True, "pairs": 3, "episode_seconds": 0.5, "failure_examples": 2})})
+    ranges = recipe.rl.randomization.model_validate({**recipe.rl.randomization.model_dump(), **PRIOR_TWIN_SERVO_RANGES})
+    small = recipe.model_copy(update={
+        "eval": recipe.eval.model_copy(update={"robot": "twin", "randomize": True, "pairs": 3, "episode_seconds": 0.5,
+                                               "failure_examples": 2}),
+        "rl": recipe.rl.model_copy(update={"randomization": ranges})})
     out = tmp / "reports" / "eval"
     metrics = build_eval_report(small, root, synthetic_twin["path"].parent, tiny_bc[0], rl, out, log=lambda m: None)
     return {"out": out, "metrics": metrics, "recipe": small, "root": root, "tmp": tmp}

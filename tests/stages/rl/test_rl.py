@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests_helpers import ROOT
+from tests_helpers import PRIOR_TWIN_SERVO_RANGES, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,7 @@ def test_training_writes_a_checkpoint_exports_the_actor_and_resumes(tmp_path, sy
     recipe = yaml.safe_load((ROOT / "params.yaml").read_text())
     recipe["rl"].update(num_envs=4, iterations=2, steps_per_env=4, eval_episodes=4, episode_seconds=0.5,
                         save_every=1)
+    recipe["rl"]["randomization"].update(PRIOR_TWIN_SERVO_RANGES)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(recipe))
     command = [sys.executable, "-m", "pipeline.rl.stage", "--params", str(params),

@@ -1,5 +1,7 @@
 """Servo identification (pipeline/twin/identify.py) and the information barrier around the stand-in robot."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,33 @@ def test_rl_randomization_is_widened_by_the_identifications_spread(synthetic_twi
 
     fixed = r.model_copy(update={"joint_gain_scale": Range(low=0.9, high=1.1), "action_latency_steps": (0, 1)})
     assert resolve_randomization(fixed, synthetic_twin["path"]) is fixed
+
+
+def test_a_damaged_or_foreign_recording_is_refused_by_name(recorded, tmp_path):
+    """NaN joints (a damaged file) and another arm's joint names are refused naming the episode or the joints, and
+    the recording is left as it was."""
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.twin.identify import IdentifyError, load_episodes
+
+    assert len(load_episodes(recorded)) == 2
+    damaged = shutil.copytree(recorded, tmp_path / "damaged")
+    [parquet] = sorted((damaged / "data").rglob("*.parquet"))[:1]
+    frames = pd.read_parquet(parquet)
+    row = int(np.flatnonzero(frames["episode_index"].to_numpy() == 1)[5])
+    frames.at[row, "observation.state"] = np.full(6, np.nan, dtype=np.float32)
+    frames.to_parquet(parquet)
+    before = parquet.read_bytes()
+    with pytest.raises(IdentifyError, match=r"episode 1 has non-finite 'observation.state' in 1 frame"):
+        load_episodes(damaged)
+    assert parquet.read_bytes() == before
+
+    foreign = shutil.copytree(recorded, tmp_path / "foreign")
+    info_path = foreign / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["action"]["names"] = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6"]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(IdentifyError, match=r"'action' holds the joints \['joint_1'.*needs \['shoulder_pan.pos'"):
+        load_episodes(foreign)
