@@ -53,6 +53,9 @@ class IdentifyConfig(Section):
     loss: Literal["linear", "soft_l1", "huber", "cauchy"] = "soft_l1"
     loss_scale_deg: Positive = 3.0
     prior_weight: float = Field(1.0, ge=0)  # the Gaussian prior's weight (1: its width is half the bounds' span)
+    # a fitted calibration offset / scale is kept only if putting the prior's value back raises the training RMSE
+    # by more than this fraction (it acts through gravity and contacts alone: restore_unobserved_calibration)
+    calibration_min_gain: float = Field(0.02, ge=0)
     # refuse a recording too short to identify anything
     min_frames: Annotated[int, Field(ge=1)] = 150
     min_motion_deg: float = Field(3.0, ge=0)  # every joint must sweep this much in some training episode

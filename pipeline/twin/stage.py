@@ -235,7 +235,8 @@ def identify_servos(twin, cfg, sources: dict, labels: dict, out: Path, log, prog
             "train_rmse_deg": round(result.train_rmse_deg, 4),
             "fit": {"cost_by_latency": {str(k): round(v, 2) for k, v in result.cost_by_latency.items()},
                     "spread": result.spread, "replays": result.evaluations,
-                    "episode_refits": len(result.episode_profiles)},
+                    "episode_refits": len(result.episode_profiles),
+                    "calibration_at_prior": result.calibration_at_prior},
             "profile": result.profile.to_json(), "prior": prior.to_json(),
             "seconds": round(time.perf_counter() - t, 1),
         }

@@ -131,6 +131,36 @@ def test_the_twin_drives_carry_a_written_profile(synthetic_twin, recipe, tmp_pat
     np.testing.assert_allclose(again.offset_rad, profile.offset_rad, atol=1e-6)
 
 
+def test_a_replay_depends_on_the_profile_not_on_the_armature_the_twin_was_authored_with(synthetic_twin, recipe,
+                                                                                       tmp_path):
+    """Newton derives constraint constants from the authored armature (MuJoCo's dof_invweight0, the joint-limit
+    solref it pre-scales by it): the replay re-derives them, so one profile replays the same on a twin authored with
+    the prior and on one authored with other values (found when the identification ran on the prior-authored twin
+    and the identified twin then moved otherwise)."""
+    import shutil
+    from dataclasses import replace
+
+    from pxr import Usd
+
+    from pipeline.twin.author import write_servo
+    from pipeline.twin.identify import ReplayModel
+    from pipeline.twin.physics import load_twin
+
+    prior = _prior(recipe)
+    other = tmp_path / "twin"
+    shutil.copytree(synthetic_twin["path"].parent, other)
+    stage = Usd.Stage.Open(str(other / "twin.usd"))
+    write_servo(stage, replace(prior, armature=prior.armature * 4, kp=prior.kp * 0.6), "identified")
+    stage.GetRootLayer().Save()
+    a, b = ReplayModel(load_twin(synthetic_twin["path"])), ReplayModel(load_twin(other / "twin.usd"))
+    assert not np.allclose(a.m.dof_invweight0, b.m.dof_invweight0)  # Newton built the two differently
+    profile = replace(prior, armature=prior.armature * 2, frictionloss=prior.frictionloss * 3)
+    [ep] = _recording(a, prior, seconds=3.0, episodes=1)
+    np.testing.assert_allclose(a.replay(ep, profile, 30), b.replay(ep, profile, 30), atol=1e-7)
+    np.testing.assert_allclose(a.m.dof_invweight0, b.m.dof_invweight0, rtol=1e-6)
+    np.testing.assert_allclose(a.m.jnt_solref, b.m.jnt_solref, rtol=1e-5)
+
+
 def test_the_twin_does_not_read_the_stand_in_robots_hidden_physics(twin_inputs, synthetic_twin, recipe, tmp_path):
     """Information barrier: a stand-in robot with other servos, another cube mass and other frictions authors the
     very same twin.usd from the same capture, mesh and splat — its physics reaches the twin only through the demos
