@@ -38,6 +38,8 @@ import numpy as np
 from pipeline.workcell.joints import LEROBOT_JOINT_NAMES, LIMITS_HI_RAD, LIMITS_LO_RAD, SIM_JOINTS, lerobot_to_sim
 
 GRIPPER = len(SIM_JOINTS) - 1
+# part of every cached fit's key: bump when what a replay computes changes (2: constants re-derived per armature)
+REPLAY_VERSION = "2"
 _MID_RAD = (LIMITS_LO_RAD + LIMITS_HI_RAD) / 2
 #: the per-joint parameters, in the order of each joint's block of the fit vector
 JOINT_PARAMETERS = ("kp", "kv", "armature", "frictionloss", "offset", "scale")
@@ -178,6 +180,18 @@ class ReplayModel:
         self._invweight0 = self.m.dof_invweight0.copy()
         self._limit_solref = self.m.jnt_solref.copy()
         self._armature = self.m.dof_armature.copy()
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """What a cached fit depends on besides the servo model: the bodies, colliders, joints and step (a new
+        capture or mesh changes it; the authored servo parameters, which every replay overwrites, do not)."""
+        m = self.m
+        h = hashlib.md5(REPLAY_VERSION.encode())
+        for a in (m.body_mass, m.body_inertia, m.body_pos, m.body_quat, m.body_ipos, m.body_iquat, m.geom_type,
+                  m.geom_size, m.geom_pos, m.geom_quat, m.geom_friction, m.geom_bodyid, m.jnt_range, m.jnt_type,
+                  m.qpos0, np.array([m.opt.timestep, *m.opt.gravity])):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
 
     def authored(self) -> ServoProfile:
         """The servo model the twin's USD carries (what Newton converted)."""
@@ -405,7 +419,7 @@ def identify(model: ReplayModel, train: list[Episode], prior: ServoProfile, cfg,
         return np.concatenate([err.T.reshape(-1), cfg.prior_weight * (x - x_prior) / sigma])
 
     def fit(x0, latency, episodes, max_nfev, tag):
-        key = _cache_key(tag, latency, episodes, x0, packing, cfg)
+        key = _cache_key(tag, latency, episodes, x0, packing, cfg, model)
         cached = _cache_read(cache_dir, key)
         if cached is not None:
             return np.asarray(cached["x"]), float(cached["cost"])
@@ -495,13 +509,17 @@ def profile_spread(profile: ServoProfile, episode_profiles: list[ServoProfile]) 
     return out
 
 
-def _cache_key(tag, latency, episodes, x0, packing, cfg) -> str:
+def _cache_key(tag, latency, episodes, x0, packing, cfg, model: "ReplayModel") -> str:
+    """Everything a fit's result depends on: the replay code's version and the twin (model.fingerprint), the
+    episodes' data, the start, the prior, the settings."""
     h = hashlib.md5()
     h.update(json.dumps([tag, latency, [e.index for e in episodes], np.round(x0, 9).tolist(), packing.slots,
-                         cfg.model_dump(mode="json")], default=str).encode())
+                         cfg.model_dump(mode="json"), packing.prior.to_json(), model.fingerprint],
+                        default=str).encode())
     for e in episodes:
         h.update(np.ascontiguousarray(e.states).tobytes())
         h.update(np.ascontiguousarray(e.actions).tobytes())
+        h.update(b"" if e.cube_xy is None else np.ascontiguousarray(e.cube_xy, dtype=float).tobytes())
     return h.hexdigest()
 
 
