@@ -159,6 +159,31 @@ def test_a_replay_depends_on_the_profile_not_on_the_armature_the_twin_was_author
     np.testing.assert_allclose(a.replay(ep, profile, 30), b.replay(ep, profile, 30), atol=1e-7)
     np.testing.assert_allclose(a.m.dof_invweight0, b.m.dof_invweight0, rtol=1e-6)
     np.testing.assert_allclose(a.m.jnt_solref, b.m.jnt_solref, rtol=1e-5)
+    assert a.fingerprint == b.fingerprint  # the servo authoring is not part of what a cached fit depends on
+
+
+def test_an_interrupted_fit_resumes_from_its_cache_and_new_data_refits(replay_model, recipe, tmp_path):
+    """A finished fit is reused (no replay), with the same profile; the same episode indices with other cube
+    positions, or another prior, fit again."""
+    from dataclasses import replace
+
+    from pipeline.twin.identify import identify
+
+    prior = _prior(recipe)
+    cfg = recipe.twin.identify.model_copy(update={"max_latency_steps": 0, "latency_scan_evaluations": 2,
+                                                  "max_evaluations": 2, "episode_refit_evaluations": 1})
+    episodes = _recording(replay_model, replace(prior, kp=prior.kp * 1.3), seconds=4.0, episodes=2)
+
+    def run(eps, p):
+        return identify(replay_model, eps, p, cfg, fps=30, log=lambda m: None, progress=False, cache_dir=tmp_path)
+
+    first = run(episodes, prior)
+    again = run(episodes, prior)
+    assert first.evaluations > 0 and again.evaluations == 0
+    np.testing.assert_array_equal(first.profile.kp, again.profile.kp)
+    moved = [replace(e, cube_xy=np.array([0.2, 0.01])) for e in episodes]
+    assert run(moved, prior).evaluations > 0
+    assert run(episodes, replace(prior, frictionloss=prior.frictionloss * 2)).evaluations > 0
 
 
 def test_the_twin_does_not_read_the_stand_in_robots_hidden_physics(twin_inputs, synthetic_twin, recipe, tmp_path):
