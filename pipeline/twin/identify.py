@@ -222,9 +222,8 @@ class ReplayModel:
         authored with, not on the profile alone."""
         m = self.m
         self._mujoco.mj_setConst(m, self.d)
-        dof = m.jnt_dofadr
-        s = m.dof_invweight0[dof] / np.where(self._invweight0[dof] > 0, self._invweight0[dof], 1.0)
-        s = np.where(self._invweight0[dof] > 0, s, 1.0)
+        authored = self._invweight0[m.jnt_dofadr]
+        s = np.divide(m.dof_invweight0[m.jnt_dofadr], authored, out=np.ones_like(authored), where=authored > 0)
         # direct stiffness k = 1/(tc dr)^2 and damping b = 2/tc both scale by s: tc -> tc / s, dr -> dr sqrt(s)
         positive = self._limit_solref[:, 0] > 0
         solref = self._limit_solref.copy()
