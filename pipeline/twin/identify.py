@@ -122,7 +122,10 @@ def load_episodes(root: Path) -> list[Episode]:
     for key in ("action", "observation.state"):
         if key not in data.frames.columns:
             raise IdentifyError(f"{root} has no {key!r}: nothing to replay")
-        names = list((data.meta.features.get(key) or {}).get("names") or [])
+        names = (data.meta.features.get(key) or {}).get("names") or []
+        if isinstance(names, dict):  # older LeRobot layouts: {"motors": [...]}
+            names = next(iter(names.values())) if len(names) == 1 else []
+        names = list(names)
         if names and tuple(names) != LEROBOT_JOINT_NAMES:  # another arm, or the joints in another order
             raise IdentifyError(f"{root}: {key!r} holds the joints {names}; identifying SO-101 servos needs "
                                 f"{list(LEROBOT_JOINT_NAMES)} in that order")
@@ -443,7 +446,7 @@ def identify(model: ReplayModel, train: list[Episode], prior: ServoProfile, cfg,
         x, restored = restore_unobserved_calibration(model, train, packing, x, x_prior, latency, fps,
                                                      cfg.calibration_min_gain)
         if restored:
-            log(f"  calibration the demos do not observe, kept at the prior: {', '.join(restored)}")
+            log(f"  calibration the training episodes do not observe, kept at the prior: {', '.join(restored)}")
         profile = packing.unpack(x, latency)
         episode_profiles = []
         if len(train) > 1:

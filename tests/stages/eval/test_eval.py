@@ -11,6 +11,11 @@ import pytest
 from tests_helpers import PRIOR_TWIN_SERVO_RANGES, ROOT
 
 
+def _with_servo_ranges(randomization):
+    """rl.randomization with PRIOR_TWIN_SERVO_RANGES filled in (what resolve_randomization gives an identified twin)."""
+    return randomization.model_validate({**randomization.model_dump(), **PRIOR_TWIN_SERVO_RANGES})
+
+
 # --- policies -----------------------------------------------------------------------------------------------------
 def _actor(kind: str, value: float = 0.0):
     import torch
@@ -94,11 +99,8 @@ def test_twin_robot_places_conditions_and_replays_them_identically(twin_robot, r
     from pipeline.eval.policies import BCPolicy
     from pipeline.eval.robots import draw_condition
 
-    from pipeline.common.sections import Range
-
     # the servo ranges as rl resolves them from an identified twin (the synthetic twin carries the prior)
-    ranges = recipe.rl.randomization.model_copy(update={"joint_gain_scale": Range(low=0.85, high=1.15),
-                                                        "action_latency_steps": (0, 1)})
+    ranges = _with_servo_ranges(recipe.rl.randomization)
     with pytest.raises(ValueError, match="resolve_randomization"):
         draw_condition(0, 11, recipe.workcell, recipe.rl.randomization)
     a = draw_condition(0, 11, recipe.workcell, ranges)
@@ -158,7 +160,7 @@ def twin_report(tmp_path_factory, recipe, synthetic_twin, tiny_bc):
     (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  usd_twin:\n    cmd: twinloop run usd_twin\n"
                                    "    outs:\n    - path: models/twin\n      md5: 0123456789abcdef0123456789abcdef.dir\n"
                                    "      nfiles: 3\n")
-    ranges = recipe.rl.randomization.model_validate({**recipe.rl.randomization.model_dump(), **PRIOR_TWIN_SERVO_RANGES})
+    ranges = _with_servo_ranges(recipe.rl.randomization)
     small = recipe.model_copy(update={
         "eval": recipe.eval.model_copy(update={"robot": "twin", "randomize": True, "pairs": 3, "episode_seconds": 0.5,
                                                "failure_examples": 2}),
